@@ -1,0 +1,1 @@
+"""Experiment scripts: training CLI, configs and benchmarks."""

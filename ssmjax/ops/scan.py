@@ -1,0 +1,349 @@
+"""Diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t``: the core of every SSM here.
+
+One public function, :func:`linear_recurrence`, with several implementations behind the
+``implementation=`` switch (see :mod:`ssmjax.ops._dispatch`):
+
+* ``"sequential"`` — ``lax.scan`` over time with native (complex) arithmetic. The reference:
+  slow on accelerators, obviously right, differentiated by plain autodiff.
+* ``"associative"`` — ``lax.associative_scan`` over the whole sequence (O(log l) depth).
+* ``"chunked"`` — ``lax.scan`` over chunks of ``chunk_size`` steps with an associative scan
+  inside each chunk: the same depth per chunk, no ``(levels, b, l, *s)`` intermediates, and
+  a small compiled program.
+* ``"pallas"`` — a GPU kernel, added by :mod:`pallas_kernels`.
+
+The associative and chunked forms carry complex numbers as separate real and imaginary
+planes (XLA compiles complex associative scans very slowly, and Pallas has no complex
+dtype), and share one custom VJP: the gradient of a linear recurrence is the same
+recurrence run the other way over the output cotangents, so only ``a`` and ``h`` are kept
+for the backward pass instead of every level of the scan.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ssmjax.ops._dispatch import dispatch, on_gpu
+
+__all__ = ["linear_recurrence"]
+
+#: Default number of time steps per chunk of the ``"chunked"`` implementation.
+DEFAULT_CHUNK_SIZE = 128
+
+
+# ----------------------------------------------------------------------------------------
+# Arithmetic on "planes": a real number is (x,), a complex number is (re, im).
+# ----------------------------------------------------------------------------------------
+
+
+def _split(x: jax.Array) -> tuple[jax.Array, ...]:
+    return (jnp.real(x), jnp.imag(x)) if jnp.iscomplexobj(x) else (x,)
+
+
+def _join(planes: tuple[jax.Array, ...]) -> jax.Array:
+    return lax.complex(*planes) if len(planes) == 2 else planes[0]
+
+
+def _mul(x, y):
+    if len(x) == 1:
+        return (x[0] * y[0],)
+    return (x[0] * y[0] - x[1] * y[1], x[0] * y[1] + x[1] * y[0])
+
+
+def _add(x, y):
+    return tuple(u + v for u, v in zip(x, y))
+
+
+def _combine(left, right):
+    """Composes two affine maps ``h -> a h + b``: first ``left``, then ``right``."""
+    (a_l, b_l), (a_r, b_r) = left, right
+    return _mul(a_r, a_l), _add(_mul(a_r, b_l), b_r)
+
+
+def _planes_scan(a, b, axis: int, reverse: bool):
+    """Associative scan of planes ``a``, ``b`` along ``axis``; returns the ``h`` planes."""
+    n = len(a)
+
+    def fn(left, right):
+        a_out, b_out = _combine((left[:n], left[n:]), (right[:n], right[n:]))
+        return (*a_out, *b_out)
+
+    out = lax.associative_scan(fn, (*a, *b), reverse=reverse, axis=axis)
+    return out[:n], out[n:]
+
+
+def _fold_h0(a, b, h0, axis: int, reverse: bool):
+    """Folds the initial state into the first input (in scan order): ``b_0 += a_0 h0``."""
+    idx = -1 if reverse else 0
+    first = lambda x: lax.index_in_dim(x, idx, axis, keepdims=False)
+    b0 = _add(_mul(tuple(first(x) for x in a), h0), tuple(first(x) for x in b))
+    start = b[0].shape[axis] - 1 if reverse else 0
+    return tuple(
+        lax.dynamic_update_index_in_dim(x, v.astype(x.dtype), start, axis) for x, v in zip(b, b0)
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Implementations. All take full-shape a, b (b, l, *s) and h0 (b, *s) in the compute dtype.
+# ----------------------------------------------------------------------------------------
+
+
+def _sequential(a, b, h0, *, reverse: bool):
+    def step(h, ab):
+        a_t, b_t = ab
+        h = a_t * h + b_t
+        return h, h
+
+    xs = (jnp.moveaxis(a, 1, 0), jnp.moveaxis(b, 1, 0))
+    _, h = lax.scan(step, h0, xs, reverse=reverse)
+    return jnp.moveaxis(h, 0, 1)
+
+
+def _associative_planes(a, b, h0, *, reverse: bool):
+    b = _fold_h0(a, b, h0, axis=1, reverse=reverse)
+    _, h = _planes_scan(a, b, axis=1, reverse=reverse)
+    return h
+
+
+def _chunked_planes(a, b, h0, *, reverse: bool, chunk_size: int):
+    length = a[0].shape[1]
+    c = max(1, min(chunk_size, length))
+    n_chunks = -(-length // c)
+    pad = n_chunks * c - length
+    if pad:
+        # Identity steps (a=1, b=0) placed where the scan ends, so they change nothing.
+        widths = [(0, 0)] * a[0].ndim
+        widths[1] = (pad, 0) if reverse else (0, pad)
+        one = (1.0,) + (0.0,) * (len(a) - 1)
+        a = tuple(jnp.pad(x, widths, constant_values=v) for x, v in zip(a, one))
+        b = tuple(jnp.pad(x, widths) for x in b)
+
+    def to_chunks(x):  # (b, l, *s) -> (n_chunks, b, c, *s)
+        x = x.reshape(x.shape[0], n_chunks, c, *x.shape[2:])
+        return jnp.moveaxis(x, 1, 0)
+
+    def body(h, ab):
+        a_c, b_c = ab
+        b_c = _fold_h0(a_c, b_c, h, axis=1, reverse=reverse)
+        _, h_c = _planes_scan(a_c, b_c, axis=1, reverse=reverse)
+        last = 0 if reverse else c - 1
+        h_next = tuple(x[:, last] for x in h_c)
+        return h_next, h_c
+
+    _, h = lax.scan(body, h0, (tuple(map(to_chunks, a)), tuple(map(to_chunks, b))), reverse=reverse)
+    h = tuple(jnp.moveaxis(x, 0, 1).reshape(x.shape[1], n_chunks * c, *x.shape[3:]) for x in h)
+    if pad:
+        h = tuple(x[:, pad:] if reverse else x[:, :length] for x in h)
+    return h
+
+
+def _run_planes(planes_fn, a, b, h0, reverse):
+    """Runs a planes implementation on (possibly complex) arrays."""
+    complex_ = any(jnp.iscomplexobj(x) for x in (a, b, h0))
+    if complex_:
+        a, b, h0 = (x.astype(jnp.result_type(x, jnp.complex64)) for x in (a, b, h0))
+        h = planes_fn(
+            (jnp.real(a), jnp.imag(a)), (jnp.real(b), jnp.imag(b)), _split(h0), reverse=reverse
+        )
+    else:
+        h = planes_fn((a,), (b,), (h0,), reverse=reverse)
+    return _join(h)
+
+
+def _shift(x, reverse: bool):
+    """``y_t = x_{t+1}`` (``x_{t-1}`` if reverse) along axis 1, zero-filled at the edge."""
+    widths = [(0, 0)] * x.ndim
+    if reverse:
+        widths[1] = (1, 0)
+        return jnp.pad(x, widths)[:, :-1]
+    widths[1] = (0, 1)
+    return jnp.pad(x, widths)[:, 1:]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
+def _recurrence_vjp(planes_fn, a, b, h0, reverse):
+    return _run_planes(planes_fn, a, b, h0, reverse)
+
+
+def _recurrence_fwd(planes_fn, a, b, h0, reverse):
+    h = _run_planes(planes_fn, a, b, h0, reverse)
+    return h, (a, h, h0)
+
+
+def _recurrence_bwd(planes_fn, reverse, residuals, dh):
+    # Forward (reverse=False): h_t = a_t h_{t-1} + b_t. With g_t = dL/db_t (the total
+    # cotangent reaching h_t), g_t = dh_t + a_{t+1} g_{t+1}: the same recurrence run the
+    # other way, with `a` shifted by one step. Then da_t = g_t h_{t-1}, dh0 = a_0 g_0.
+    # JAX's convention for complex cotangents is the transpose (no conjugation).
+    a, h, h0 = residuals
+    dh = dh.astype(h.dtype)
+    g = _run_planes(planes_fn, _shift(a, reverse), dh, jnp.zeros_like(h0), not reverse)
+    h_prev = _shift(h, not reverse)
+    edge = -1 if reverse else 0
+    h_prev = h_prev.at[:, edge].set(h0.astype(h.dtype))
+    da = g * h_prev
+    dh0 = a[:, edge] * g[:, edge]
+    return da.astype(a.dtype), g.astype(h.dtype), dh0.astype(h0.dtype)
+
+
+_recurrence_vjp.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+# ----------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------
+
+
+def _impl_sequential(a, b, h0, reverse, chunk_size):
+    return _sequential(a, b, h0, reverse=reverse)
+
+
+def _impl_associative(a, b, h0, reverse, chunk_size):
+    return _recurrence_vjp(_associative_planes, a, b, h0, reverse)
+
+
+def _impl_chunked(a, b, h0, reverse, chunk_size):
+    return _recurrence_vjp(_chunked_fn(chunk_size), a, b, h0, reverse)
+
+
+@functools.cache
+def _chunked_fn(chunk_size: int):
+    # Cached so the custom_vjp's non-differentiable argument is the same object per size.
+    return functools.partial(_chunked_planes, chunk_size=chunk_size)
+
+
+def _impl_pallas(a, b, h0, reverse, chunk_size):
+    try:
+        from pallas_kernels import linear_scan as _kernel
+    except ImportError as e:  # the kernel module is added by a later release
+        raise NotImplementedError(f"the Pallas linear_scan kernel is not available ({e})") from e
+    return _kernel.linear_scan(a, b, h0, reverse=reverse, interpret=not on_gpu())
+
+
+IMPLEMENTATIONS = {
+    "sequential": _impl_sequential,
+    "associative": _impl_associative,
+    "chunked": _impl_chunked,
+    "pallas": _impl_pallas,
+}
+
+
+def _auto_chain(length: int) -> tuple[str, ...]:
+    if on_gpu():
+        return ("pallas", "chunked") if length > 256 else ("pallas", "associative")
+    # On CPU a plain loop wins: the associative forms do ~2x the arithmetic.
+    return ("sequential",)
+
+
+def _compute_dtype(*xs) -> jnp.dtype:
+    dtype = jnp.result_type(*xs)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return jnp.result_type(dtype, jnp.complex64)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"linear_recurrence needs floating or complex inputs, got {dtype}")
+    return jnp.result_type(dtype, jnp.float32)
+
+
+def _broadcast_a(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Brings ``a`` to the shape of ``b`` following the documented broadcasting rules."""
+    n_state = b.ndim - 2
+    if a.ndim == n_state:  # time-invariant, shared over the batch: (*s)
+        a = a[None, None]
+    elif a.ndim == n_state + 1:  # time-invariant per sequence: (b, *s)
+        a = a[:, None]
+    elif a.ndim != b.ndim:
+        raise ValueError(
+            f"a must have shape (b, l, *s), (b, *s) or (*s) for b of shape {b.shape}; "
+            f"got a of shape {a.shape}"
+        )
+    try:
+        return jnp.broadcast_to(a, b.shape)
+    except ValueError as e:
+        raise ValueError(f"a of shape {a.shape} does not broadcast to b {b.shape}") from e
+
+
+def linear_recurrence(
+    a: jax.Array,
+    b: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    reverse: bool = False,
+    reset: jax.Array | None = None,
+    implementation: str | Sequence[str] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> jax.Array:
+    r"""Computes ``h_t = a_t * h_{t-1} + b_t`` along axis 1 (time).
+
+    Args:
+      a: decay, real or complex, of shape ``(b, l, *s)`` (time-varying; any axis may be 1 and
+        broadcast), ``(b, *s)`` (time-invariant per sequence) or ``(*s)`` (time-invariant,
+        shared by the batch — S4D/S5/LRU).
+      b: input, real or complex, ``(b, l, *s)``.
+      h0: initial state ``(b, *s)``; zeros when ``None``. With ``reverse=True`` it is the
+        state "after" the last step.
+      reverse: scan from the end: ``h_t = a_t * h_{t+1} + b_t``.
+      reset: optional bool ``(b, l)``. Where True, the state is reset before step ``t`` in
+        scan order, i.e. ``h_t = b_t`` (``a_t`` and ``h0`` are ignored there). Use it to
+        restart packed sequences, or for a reverse scan over a suffix-padded batch, put True
+        at each sequence's last real token.
+      implementation: ``"sequential"``, ``"associative"``, ``"chunked"``, ``"pallas"``, a
+        fallback chain of those, or ``None`` for the automatic choice (the Pallas kernel on
+        a GPU where it applies, the associative/chunked forms otherwise on accelerators, and
+        the plain loop on CPU).
+      chunk_size: steps per chunk of the ``"chunked"`` implementation.
+
+    Returns:
+      ``h`` of shape ``(b, l, *s)``. The carry is kept in float32 (complex64) or wider:
+      bf16/fp16 inputs are computed in float32 and ``h`` is returned in the inputs'
+      promoted dtype.
+
+    Raises:
+      ValueError: inconsistent shapes or an unknown implementation.
+      NotImplementedError: the requested implementation cannot run on these inputs.
+
+    >>> import jax.numpy as jnp
+    >>> a = jnp.full((1, 4, 2), 0.5)
+    >>> b = jnp.ones((1, 4, 2))
+    >>> linear_recurrence(a, b)[0, :, 0]
+    Array([1.    , 1.5   , 1.75  , 1.875], dtype=float32)
+    >>> linear_recurrence(0.5 * jnp.ones(2), b, reverse=True)[0, :, 0]  # time-invariant a
+    Array([1.875, 1.75 , 1.5  , 1.   ], dtype=float32)
+    """
+    b = jnp.asarray(b)
+    a = jnp.asarray(a)
+    if b.ndim < 2:
+        raise ValueError(f"b must have shape (batch, length, *state); got {b.shape}")
+    state_shape = (b.shape[0], *b.shape[2:])
+    if h0 is not None:
+        h0 = jnp.asarray(h0)
+        if h0.shape != state_shape:
+            raise ValueError(f"h0 must have shape {state_shape} (b, *s); got {h0.shape}")
+    out_dtype = jnp.result_type(a, b) if h0 is None else jnp.result_type(a, b, h0)
+    dtype = _compute_dtype(a, b) if h0 is None else _compute_dtype(a, b, h0)
+    a = _broadcast_a(a, b).astype(dtype)
+    b = b.astype(dtype)
+    h0 = jnp.zeros(state_shape, dtype) if h0 is None else h0.astype(dtype)
+    if reset is not None:
+        reset = jnp.asarray(reset)
+        if reset.shape != b.shape[:2]:
+            raise ValueError(f"reset must have shape (b, l) = {b.shape[:2]}; got {reset.shape}")
+        reset = reset.reshape(reset.shape + (1,) * (b.ndim - 2))
+        a = jnp.where(reset, jnp.zeros((), dtype), a)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+    if b.shape[1] == 0:
+        return b.astype(out_dtype)
+    h = dispatch(
+        "linear_recurrence",
+        implementation,
+        IMPLEMENTATIONS,
+        _auto_chain(b.shape[1]),
+        a,
+        b,
+        h0,
+        reverse,
+        chunk_size,
+    )
+    return h.astype(out_dtype)
