@@ -7,6 +7,7 @@ from ssmjax.ops.discretize import discretize_bilinear as discretize_bilinear
 from ssmjax.ops.discretize import discretize_bilinear_dense as discretize_bilinear_dense
 from ssmjax.ops.discretize import discretize_zoh as discretize_zoh
 from ssmjax.ops.discretize import discretize_zoh_dense as discretize_zoh_dense
+from ssmjax.ops.gla import gla as gla
 from ssmjax.ops.hippo import hippo as hippo
 from ssmjax.ops.hippo import nplr as nplr
 from ssmjax.ops.hippo import nplr_to_dense as nplr_to_dense
@@ -14,3 +15,4 @@ from ssmjax.ops.hippo import rank_correction as rank_correction
 from ssmjax.ops.hippo import s4d_init as s4d_init
 from ssmjax.ops.hippo import s5_init as s5_init
 from ssmjax.ops.scan import linear_recurrence as linear_recurrence
+from ssmjax.ops.ssd import ssd as ssd
