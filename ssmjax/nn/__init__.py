@@ -1,0 +1,12 @@
+"""Flax NNX sequence layers with one interface for every model family.
+
+Every layer takes ``x: (b, l, d_model)`` and supports ``mask=``, ``state=`` /
+``return_state=True``, ``init_state(batch_size)`` and ``step(x_t, state)``.
+"""
+
+from ssmjax.nn._base import SSMParam as SSMParam
+from ssmjax.nn._base import get_layer as get_layer
+from ssmjax.nn._base import list_layers as list_layers
+from ssmjax.nn.blocks import ResidualBlock as ResidualBlock
+from ssmjax.nn.lru import LRU as LRU
+from ssmjax.nn.s5 import S5 as S5

@@ -1,0 +1,123 @@
+"""The shared machinery of diagonal (complex) SSM layers: S4D, S5 and LRU.
+
+A subclass supplies its discretised system through :meth:`DiagonalSSM.discretize`:
+
+* ``lambda_bar`` — diagonal transition, complex ``(*s)`` (``(p,)`` for MIMO S5/LRU,
+  ``(d, n)`` for SISO S4D);
+* ``b_bar`` — input matrix, used by :meth:`DiagonalSSM.project_in` (``x -> B x``);
+* ``cs`` — one output matrix per direction, used by :meth:`DiagonalSSM.project_out`;
+* ``d`` — the ``(d_model,)`` skip;
+* ``scale`` — 2 for conjugate-symmetric systems (only half the eigenvalues are kept, so
+  ``y = 2 Re(C h)``), else 1.
+
+This base class then gives every mode of the one layer interface: the full sequence with
+an optional mask (padded steps are identity steps, see :func:`skip_masked`), state in and
+out for streaming, ``init_state`` and an O(state) ``step``, and the bidirectional variant
+(a reverse scan with the same ``lambda_bar``/``b_bar`` and its own ``C``).
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ssmjax.nn._base import apply_mask, check_sequence, skip_masked
+from ssmjax.ops.scan import linear_recurrence
+
+__all__ = ["DiagonalSSM"]
+
+
+class DiagonalSSM(nnx.Module):
+    """Base class; see the module docstring. Subclasses set ``d_model``, ``bidirectional``,
+    ``implementation`` and implement :meth:`discretize` and :meth:`state_shape`."""
+
+    d_model: int
+    bidirectional: bool
+    implementation: str | None
+
+    # -- to implement -------------------------------------------------------------------
+
+    def discretize(self):
+        """Returns ``(lambda_bar, b_bar, cs, d, scale)``; see the module docstring."""
+        raise NotImplementedError
+
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape of the recurrent state of one sequence (without the batch axis)."""
+        raise NotImplementedError
+
+    # -- overridable projections (MIMO by default) ----------------------------------------
+
+    def project_in(self, x: jax.Array, b_bar: jax.Array) -> jax.Array:
+        """``(b, l, d_model)`` real -> ``(b, l, *s)`` complex. MIMO: ``B x`` with B (p, d)."""
+        return jnp.einsum("...h,ph->...p", x.astype(b_bar.dtype), b_bar)
+
+    def project_out(self, h: jax.Array, c: jax.Array) -> jax.Array:
+        """``(b, l, *s)`` complex -> ``(b, l, d_model)`` real. MIMO: ``Re(C h)``, C (d, p)."""
+        return jnp.real(jnp.einsum("...p,hp->...h", h, c))
+
+    # -- the one interface ------------------------------------------------------------------
+
+    def init_state(self, batch_size: int) -> jax.Array:
+        """Zero state ``(batch_size, *state_shape)``, complex64."""
+        return jnp.zeros((batch_size, *self.state_shape()), jnp.complex64)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        state: jax.Array | None = None,
+        return_state: bool = False,
+    ):
+        """Applies the SSM to a sequence.
+
+        Args:
+          x: ``(b, l, d_model)`` input (fp32 or bf16; the recurrence runs in complex64).
+          mask: optional ``(b, l)`` bool, True at real tokens. Padded steps are skipped
+            (they leave the state unchanged) and their outputs are zero.
+          state: optional initial state ``(b, *state_shape)`` (unidirectional only).
+          return_state: also return the final state (the state after the last real token).
+
+        Returns:
+          ``y`` of shape ``(b, l, d_model)`` in ``x.dtype``, or ``(y, state)`` when
+          ``return_state``.
+        """
+        name = type(self).__name__
+        check_sequence(name, x, self.d_model, mask)
+        if self.bidirectional and (state is not None or return_state):
+            raise ValueError(f"{name}: a bidirectional layer has no recurrent state")
+        lambda_bar, b_bar, cs, d, scale = self.discretize()
+        bu = self.project_in(x, b_bar)
+        a, bu = skip_masked(lambda_bar, bu, mask)
+        if state is not None:
+            expected = (x.shape[0], *self.state_shape())
+            if state.shape != expected:
+                raise ValueError(f"{name}: state must have shape {expected}; got {state.shape}")
+        h = linear_recurrence(a, bu, state, implementation=self.implementation)
+        y = self.project_out(h, cs[0])
+        if self.bidirectional:
+            h_rev = linear_recurrence(a, bu, reverse=True, implementation=self.implementation)
+            y = y + self.project_out(h_rev, cs[1])
+        y = scale * y + d[None, None] * x.astype(jnp.float32)
+        y = apply_mask(y, mask).astype(x.dtype)
+        if return_state:
+            return y, h[:, -1]
+        return y
+
+    def step(self, x_t: jax.Array, state: jax.Array):
+        """One recurrent step, O(state) per token.
+
+        Args:
+          x_t: ``(b, d_model)`` input at one time step.
+          state: ``(b, *state_shape)`` complex state.
+
+        Returns:
+          ``(y_t, state)``: ``(b, d_model)`` output in ``x_t.dtype`` and the new state.
+        """
+        if self.bidirectional:
+            raise ValueError(f"{type(self).__name__}: a bidirectional layer cannot step")
+        lambda_bar, b_bar, cs, d, scale = self.discretize()
+        bu = self.project_in(x_t[:, None], b_bar)[:, 0]
+        state = lambda_bar[None] * state + bu
+        y = scale * self.project_out(state[:, None], cs[0])[:, 0]
+        y = y + d[None] * x_t.astype(jnp.float32)
+        return y.astype(x_t.dtype), state

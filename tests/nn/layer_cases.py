@@ -1,0 +1,58 @@
+"""Small configurations of every layer, shared by the layer-mode tests.
+
+Each entry builds a layer from ``(bidirectional, implementation, rngs)``. Sizes are tiny so
+the whole matrix of modes runs in seconds on a CPU.
+"""
+
+from flax import nnx
+
+import ssmjax.nn as snn
+
+D_MODEL = 6
+
+
+def _s5(bidirectional, implementation, rngs):
+    return snn.S5(
+        D_MODEL,
+        8,
+        blocks=2,
+        bidirectional=bidirectional,
+        implementation=implementation,
+        rngs=rngs,
+    )
+
+
+def _s5_bilinear(bidirectional, implementation, rngs):
+    return snn.S5(
+        D_MODEL,
+        8,
+        discretization="bilinear",
+        c_init="complex_normal",
+        clip_eigs=True,
+        bidirectional=bidirectional,
+        implementation=implementation,
+        rngs=rngs,
+    )
+
+
+def _lru(bidirectional, implementation, rngs):
+    return snn.LRU(
+        D_MODEL,
+        8,
+        r_min=0.5,
+        r_max=0.99,
+        bidirectional=bidirectional,
+        implementation=implementation,
+        rngs=rngs,
+    )
+
+
+LAYERS = {
+    "s5": _s5,
+    "s5_bilinear": _s5_bilinear,
+    "lru": _lru,
+}
+
+
+def build(name: str, bidirectional: bool = False, implementation=None, seed: int = 0):
+    return LAYERS[name](bidirectional, implementation, nnx.Rngs(seed))
