@@ -11,11 +11,16 @@ One public function, :func:`linear_recurrence`, with several implementations beh
   a small compiled program.
 * ``"pallas"`` — a GPU kernel, added by :mod:`pallas_kernels`.
 
-The associative and chunked forms carry complex numbers as separate real and imaginary
-planes (XLA compiles complex associative scans very slowly, and Pallas has no complex
-dtype), and share one custom VJP: the gradient of a linear recurrence is the same
-recurrence run the other way over the output cotangents, so only ``a`` and ``h`` are kept
-for the backward pass instead of every level of the scan.
+The associative and chunked forms share one custom VJP: the gradient of a linear
+recurrence is the same recurrence run the other way over the output cotangents, so only
+``a`` and ``h`` are kept for the backward pass instead of every level of the scan.
+
+Complex numbers stay native complex64 inside these XLA scans. Carrying them as separate
+real/imaginary planes (the usual workaround for slow compilation of complex associative
+scans) was measured and is *slower* to compile on JAX 0.10/0.11: a 6-layer complex model,
+forward+backward, compiled in 2.0 s native vs 8.6 s with planes on a 2-core CPU, and the
+planes version was 1.5x slower to compile on an H100 too (``BENCHMARKS.md``). Only the
+Pallas kernels, which have no complex dtype, split the planes at their boundary.
 """
 
 import functools
@@ -33,56 +38,17 @@ __all__ = ["linear_recurrence"]
 DEFAULT_CHUNK_SIZE = 128
 
 
-# ----------------------------------------------------------------------------------------
-# Arithmetic on "planes": a real number is (x,), a complex number is (re, im).
-# ----------------------------------------------------------------------------------------
-
-
-def _split(x: jax.Array) -> tuple[jax.Array, ...]:
-    return (jnp.real(x), jnp.imag(x)) if jnp.iscomplexobj(x) else (x,)
-
-
-def _join(planes: tuple[jax.Array, ...]) -> jax.Array:
-    return lax.complex(*planes) if len(planes) == 2 else planes[0]
-
-
-def _mul(x, y):
-    if len(x) == 1:
-        return (x[0] * y[0],)
-    return (x[0] * y[0] - x[1] * y[1], x[0] * y[1] + x[1] * y[0])
-
-
-def _add(x, y):
-    return tuple(u + v for u, v in zip(x, y))
-
-
 def _combine(left, right):
     """Composes two affine maps ``h -> a h + b``: first ``left``, then ``right``."""
     (a_l, b_l), (a_r, b_r) = left, right
-    return _mul(a_r, a_l), _add(_mul(a_r, b_l), b_r)
-
-
-def _planes_scan(a, b, axis: int, reverse: bool):
-    """Associative scan of planes ``a``, ``b`` along ``axis``; returns the ``h`` planes."""
-    n = len(a)
-
-    def fn(left, right):
-        a_out, b_out = _combine((left[:n], left[n:]), (right[:n], right[n:]))
-        return (*a_out, *b_out)
-
-    out = lax.associative_scan(fn, (*a, *b), reverse=reverse, axis=axis)
-    return out[:n], out[n:]
+    return a_r * a_l, a_r * b_l + b_r
 
 
 def _fold_h0(a, b, h0, axis: int, reverse: bool):
     """Folds the initial state into the first input (in scan order): ``b_0 += a_0 h0``."""
-    idx = -1 if reverse else 0
+    idx = b.shape[axis] - 1 if reverse else 0
     first = lambda x: lax.index_in_dim(x, idx, axis, keepdims=False)
-    b0 = _add(_mul(tuple(first(x) for x in a), h0), tuple(first(x) for x in b))
-    start = b[0].shape[axis] - 1 if reverse else 0
-    return tuple(
-        lax.dynamic_update_index_in_dim(x, v.astype(x.dtype), start, axis) for x, v in zip(b, b0)
-    )
+    return lax.dynamic_update_index_in_dim(b, first(a) * h0 + first(b), idx, axis)
 
 
 # ----------------------------------------------------------------------------------------
@@ -101,55 +67,36 @@ def _sequential(a, b, h0, *, reverse: bool):
     return jnp.moveaxis(h, 0, 1)
 
 
-def _associative_planes(a, b, h0, *, reverse: bool):
+def _associative(a, b, h0, *, reverse: bool):
     b = _fold_h0(a, b, h0, axis=1, reverse=reverse)
-    _, h = _planes_scan(a, b, axis=1, reverse=reverse)
-    return h
+    return lax.associative_scan(_combine, (a, b), reverse=reverse, axis=1)[1]
 
 
-def _chunked_planes(a, b, h0, *, reverse: bool, chunk_size: int):
-    length = a[0].shape[1]
+def _chunked(a, b, h0, *, reverse: bool, chunk_size: int):
+    length = a.shape[1]
     c = max(1, min(chunk_size, length))
     n_chunks = -(-length // c)
     pad = n_chunks * c - length
     if pad:
         # Identity steps (a=1, b=0) placed where the scan ends, so they change nothing.
-        widths = [(0, 0)] * a[0].ndim
+        widths = [(0, 0)] * a.ndim
         widths[1] = (pad, 0) if reverse else (0, pad)
-        one = (1.0,) + (0.0,) * (len(a) - 1)
-        a = tuple(jnp.pad(x, widths, constant_values=v) for x, v in zip(a, one))
-        b = tuple(jnp.pad(x, widths) for x in b)
+        a = jnp.pad(a, widths, constant_values=1)
+        b = jnp.pad(b, widths)
 
     def to_chunks(x):  # (b, l, *s) -> (n_chunks, b, c, *s)
         x = x.reshape(x.shape[0], n_chunks, c, *x.shape[2:])
         return jnp.moveaxis(x, 1, 0)
 
     def body(h, ab):
-        a_c, b_c = ab
-        b_c = _fold_h0(a_c, b_c, h, axis=1, reverse=reverse)
-        _, h_c = _planes_scan(a_c, b_c, axis=1, reverse=reverse)
-        last = 0 if reverse else c - 1
-        h_next = tuple(x[:, last] for x in h_c)
-        return h_next, h_c
+        h_c = _associative(*ab, h, reverse=reverse)
+        return h_c[:, 0 if reverse else c - 1], h_c
 
-    _, h = lax.scan(body, h0, (tuple(map(to_chunks, a)), tuple(map(to_chunks, b))), reverse=reverse)
-    h = tuple(jnp.moveaxis(x, 0, 1).reshape(x.shape[1], n_chunks * c, *x.shape[3:]) for x in h)
+    _, h = lax.scan(body, h0, (to_chunks(a), to_chunks(b)), reverse=reverse)
+    h = jnp.moveaxis(h, 0, 1).reshape(h.shape[1], n_chunks * c, *h.shape[3:])
     if pad:
-        h = tuple(x[:, pad:] if reverse else x[:, :length] for x in h)
+        h = h[:, pad:] if reverse else h[:, :length]
     return h
-
-
-def _run_planes(planes_fn, a, b, h0, reverse):
-    """Runs a planes implementation on (possibly complex) arrays."""
-    complex_ = any(jnp.iscomplexobj(x) for x in (a, b, h0))
-    if complex_:
-        a, b, h0 = (x.astype(jnp.result_type(x, jnp.complex64)) for x in (a, b, h0))
-        h = planes_fn(
-            (jnp.real(a), jnp.imag(a)), (jnp.real(b), jnp.imag(b)), _split(h0), reverse=reverse
-        )
-    else:
-        h = planes_fn((a,), (b,), (h0,), reverse=reverse)
-    return _join(h)
 
 
 def _shift(x, reverse: bool):
@@ -163,23 +110,23 @@ def _shift(x, reverse: bool):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
-def _recurrence_vjp(planes_fn, a, b, h0, reverse):
-    return _run_planes(planes_fn, a, b, h0, reverse)
+def _recurrence_vjp(scan_fn, a, b, h0, reverse):
+    return scan_fn(a, b, h0, reverse=reverse)
 
 
-def _recurrence_fwd(planes_fn, a, b, h0, reverse):
-    h = _run_planes(planes_fn, a, b, h0, reverse)
+def _recurrence_fwd(scan_fn, a, b, h0, reverse):
+    h = scan_fn(a, b, h0, reverse=reverse)
     return h, (a, h, h0)
 
 
-def _recurrence_bwd(planes_fn, reverse, residuals, dh):
+def _recurrence_bwd(scan_fn, reverse, residuals, dh):
     # Forward (reverse=False): h_t = a_t h_{t-1} + b_t. With g_t = dL/db_t (the total
     # cotangent reaching h_t), g_t = dh_t + a_{t+1} g_{t+1}: the same recurrence run the
     # other way, with `a` shifted by one step. Then da_t = g_t h_{t-1}, dh0 = a_0 g_0.
     # JAX's convention for complex cotangents is the transpose (no conjugation).
     a, h, h0 = residuals
     dh = dh.astype(h.dtype)
-    g = _run_planes(planes_fn, _shift(a, reverse), dh, jnp.zeros_like(h0), not reverse)
+    g = scan_fn(_shift(a, reverse), dh, jnp.zeros_like(h0), reverse=not reverse)
     h_prev = _shift(h, not reverse)
     edge = -1 if reverse else 0
     h_prev = h_prev.at[:, edge].set(h0.astype(h.dtype))
@@ -201,7 +148,7 @@ def _impl_sequential(a, b, h0, reverse, chunk_size):
 
 
 def _impl_associative(a, b, h0, reverse, chunk_size):
-    return _recurrence_vjp(_associative_planes, a, b, h0, reverse)
+    return _recurrence_vjp(_associative, a, b, h0, reverse)
 
 
 def _impl_chunked(a, b, h0, reverse, chunk_size):
@@ -211,7 +158,7 @@ def _impl_chunked(a, b, h0, reverse, chunk_size):
 @functools.cache
 def _chunked_fn(chunk_size: int):
     # Cached so the custom_vjp's non-differentiable argument is the same object per size.
-    return functools.partial(_chunked_planes, chunk_size=chunk_size)
+    return functools.partial(_chunked, chunk_size=chunk_size)
 
 
 def _impl_pallas(a, b, h0, reverse, chunk_size):
