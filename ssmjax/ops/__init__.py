@@ -3,6 +3,8 @@
 Nothing here imports Flax; layers in :mod:`ssmjax.nn` are thin wrappers around these.
 """
 
+from ssmjax.ops.conv1d import causal_conv1d as causal_conv1d
+from ssmjax.ops.conv1d import causal_conv1d_step as causal_conv1d_step
 from ssmjax.ops.discretize import discretize_bilinear as discretize_bilinear
 from ssmjax.ops.discretize import discretize_bilinear_dense as discretize_bilinear_dense
 from ssmjax.ops.discretize import discretize_zoh as discretize_zoh
@@ -15,4 +17,5 @@ from ssmjax.ops.hippo import rank_correction as rank_correction
 from ssmjax.ops.hippo import s4d_init as s4d_init
 from ssmjax.ops.hippo import s5_init as s5_init
 from ssmjax.ops.scan import linear_recurrence as linear_recurrence
+from ssmjax.ops.selective_scan import selective_scan as selective_scan
 from ssmjax.ops.ssd import ssd as ssd
