@@ -4,7 +4,11 @@ Every layer takes ``x: (b, l, d_model)`` and supports ``mask=``, ``state=`` /
 ``return_state=True``, ``init_state(batch_size)`` and ``step(x_t, state)``.
 """
 
+from ssmjax.nn._base import SkipParam as SkipParam
+from ssmjax.nn._base import SSMInputParam as SSMInputParam
+from ssmjax.nn._base import SSMOutputParam as SSMOutputParam
 from ssmjax.nn._base import SSMParam as SSMParam
+from ssmjax.nn._base import SSMStepParam as SSMStepParam
 from ssmjax.nn._base import get_layer as get_layer
 from ssmjax.nn._base import list_layers as list_layers
 from ssmjax.nn.blocks import ResidualBlock as ResidualBlock

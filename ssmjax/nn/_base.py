@@ -7,7 +7,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 __all__ = [
+    "SSMInputParam",
+    "SSMOutputParam",
     "SSMParam",
+    "SSMStepParam",
+    "SkipParam",
     "apply_mask",
     "check_sequence",
     "get_layer",
@@ -29,6 +33,25 @@ class SSMParam(nnx.Param):
     >>> isinstance(p, nnx.Param)
     True
     """
+
+
+class SSMInputParam(SSMParam):
+    """The input matrix ``B`` of an SSM. An :class:`SSMParam`; optimizer presets such as
+    S5's ``BfastandCdecay`` move it to the regular group by this type."""
+
+
+class SSMStepParam(SSMParam):
+    """The timescale ``dt`` (``log_step``, ``log_dt``). An :class:`SSMParam`; presets such
+    as S5's ``dt_global`` move it to the regular group by this type."""
+
+
+class SSMOutputParam(nnx.Param):
+    """The output matrix ``C`` of an SSM: a regular parameter by default (global learning
+    rate, weight decay), typed so presets such as S5's ``noBCdecay`` can move it."""
+
+
+class SkipParam(nnx.Param):
+    """The feed-through ``D``: a regular parameter by default, typed for the same reason."""
 
 
 def check_sequence(layer: str, x: jax.Array, d_model: int, mask: jax.Array | None) -> None:

@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssmjax.nn._base import SSMParam, register_layer
+from ssmjax.nn._base import (
+    SkipParam,
+    SSMInputParam,
+    SSMOutputParam,
+    SSMParam,
+    register_layer,
+)
 from ssmjax.nn._diagonal import DiagonalSSM
 
 __all__ = ["LRU", "lru_ring_init"]
@@ -99,13 +105,13 @@ class LRU(DiagonalSSM):
         self.gamma_log = SSMParam(jnp.log(jnp.sqrt(1.0 - modulus**2)))
         normal = jax.random.normal
         b_scale = 1.0 / np.sqrt(2 * d_model)
-        self.B_re = SSMParam(normal(rngs.params(), (d_hidden, d_model)) * b_scale)
-        self.B_im = SSMParam(normal(rngs.params(), (d_hidden, d_model)) * b_scale)
+        self.B_re = SSMInputParam(normal(rngs.params(), (d_hidden, d_model)) * b_scale)
+        self.B_im = SSMInputParam(normal(rngs.params(), (d_hidden, d_model)) * b_scale)
         n_dir = 2 if bidirectional else 1
         c_scale = 1.0 / np.sqrt(d_hidden)
-        self.C_re = nnx.Param(normal(rngs.params(), (d_model, n_dir * d_hidden)) * c_scale)
-        self.C_im = nnx.Param(normal(rngs.params(), (d_model, n_dir * d_hidden)) * c_scale)
-        self.D = nnx.Param(normal(rngs.params(), (d_model,)))
+        self.C_re = SSMOutputParam(normal(rngs.params(), (d_model, n_dir * d_hidden)) * c_scale)
+        self.C_im = SSMOutputParam(normal(rngs.params(), (d_model, n_dir * d_hidden)) * c_scale)
+        self.D = SkipParam(normal(rngs.params(), (d_model,)))
 
     def state_shape(self) -> tuple[int, ...]:
         return (self.d_hidden,)

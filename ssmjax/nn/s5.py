@@ -5,7 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssmjax.nn._base import SSMParam, register_layer
+from ssmjax.nn._base import (
+    SkipParam,
+    SSMInputParam,
+    SSMOutputParam,
+    SSMParam,
+    SSMStepParam,
+    register_layer,
+)
 from ssmjax.nn._diagonal import DiagonalSSM
 from ssmjax.ops.discretize import discretize_bilinear, discretize_zoh
 from ssmjax.ops.hippo import s5_init
@@ -115,14 +122,14 @@ class S5(DiagonalSSM):
         self.Lambda_im = SSMParam(jnp.asarray(Lambda.imag, jnp.float32))
         lecun = nnx.initializers.lecun_normal()
         b0 = np.asarray(lecun(rngs.params(), (d_state, d_model)), np.float64)
-        self.B = SSMParam(_complex_param(jnp.asarray(Vinv @ b0)))
-        self.C = nnx.Param(
+        self.B = SSMInputParam(_complex_param(jnp.asarray(Vinv @ b0)))
+        self.C = SSMOutputParam(
             jnp.concatenate(
                 [self._init_c(rngs, V) for _ in range(2 if bidirectional else 1)], axis=1
             )
         )
-        self.D = nnx.Param(jax.random.normal(rngs.params(), (d_model,)))
-        self.log_step = SSMParam(
+        self.D = SkipParam(jax.random.normal(rngs.params(), (d_model,)))
+        self.log_step = SSMStepParam(
             jax.random.uniform(rngs.params(), (p,), minval=np.log(dt_min), maxval=np.log(dt_max))
         )
 

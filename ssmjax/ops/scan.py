@@ -179,7 +179,9 @@ IMPLEMENTATIONS = {
 
 def _auto_chain(length: int) -> tuple[str, ...]:
     if on_gpu():
-        return ("pallas", "chunked") if length > 256 else ("pallas", "associative")
+        # Measured on an H100 (BENCHMARKS.md): the associative form beats the chunked one
+        # at every tested shape; the chunked form is the low-memory choice.
+        return ("pallas", "associative")
     # On CPU a plain loop wins: the associative forms do ~2x the arithmetic.
     return ("sequential",)
 
