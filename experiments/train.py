@@ -52,11 +52,10 @@ def main(argv: list[str] | None = None) -> dict:
     summary = train_and_evaluate(config, args.workdir)
     final = summary["final"]["test"]
     print(json.dumps({k: v for k, v in summary.items() if k != "final"}, indent=1))
-    print(
-        f"test accuracy {final['accuracy']:.4f} (at best validation: "
-        f"{summary['test_accuracy_at_best_val']:.4f}) after {summary['steps']} steps "
-        f"in {summary['seconds']:.0f} s"
-    )
+    line = f"test accuracy {final['accuracy']:.4f} after {summary['steps']} steps"
+    if summary["final"]["val"] != final:  # a separate validation split exists
+        line += f" (at best validation: {summary['test_accuracy_at_best_val']:.4f})"
+    print(f"{line} in {summary['seconds']:.0f} s")
     return summary
 
 
