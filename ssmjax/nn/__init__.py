@@ -13,4 +13,6 @@ from ssmjax.nn._base import get_layer as get_layer
 from ssmjax.nn._base import list_layers as list_layers
 from ssmjax.nn.blocks import ResidualBlock as ResidualBlock
 from ssmjax.nn.lru import LRU as LRU
+from ssmjax.nn.s4 import S4 as S4
+from ssmjax.nn.s4d import S4D as S4D
 from ssmjax.nn.s5 import S5 as S5

@@ -19,3 +19,12 @@ from ssmjax.ops.hippo import s5_init as s5_init
 from ssmjax.ops.scan import linear_recurrence as linear_recurrence
 from ssmjax.ops.selective_scan import selective_scan as selective_scan
 from ssmjax.ops.ssd import ssd as ssd
+from ssmjax.ops.ssm_kernel import DPLRStep as DPLRStep
+from ssmjax.ops.ssm_kernel import cauchy_kernel as cauchy_kernel
+from ssmjax.ops.ssm_kernel import dplr_c_tilde as dplr_c_tilde
+from ssmjax.ops.ssm_kernel import dplr_dense as dplr_dense
+from ssmjax.ops.ssm_kernel import dplr_kernel as dplr_kernel
+from ssmjax.ops.ssm_kernel import dplr_step as dplr_step
+from ssmjax.ops.ssm_kernel import dplr_step_setup as dplr_step_setup
+from ssmjax.ops.ssm_kernel import fft_conv as fft_conv
+from ssmjax.ops.ssm_kernel import vandermonde_kernel as vandermonde_kernel

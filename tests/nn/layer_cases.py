@@ -47,10 +47,29 @@ def _lru(bidirectional, implementation, rngs):
     )
 
 
+def _s4d(bidirectional, implementation, rngs):
+    return snn.S4D(
+        D_MODEL,
+        8,
+        bidirectional=bidirectional,
+        implementation=implementation,
+        rngs=rngs,
+    )
+
+
+def _s4(bidirectional, implementation, rngs):
+    # S4's DPLR recurrence is not diagonal: it always runs as a lax.scan of its O(N) step, so
+    # the linear_recurrence `implementation` does not apply (S4 accepts only None/"sequential").
+    del implementation
+    return snn.S4(D_MODEL, 8, l_max=512, bidirectional=bidirectional, rngs=rngs)
+
+
 LAYERS = {
     "s5": _s5,
     "s5_bilinear": _s5_bilinear,
     "lru": _lru,
+    "s4d": _s4d,
+    "s4": _s4,
 }
 
 
