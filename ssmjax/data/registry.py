@@ -11,6 +11,14 @@ __all__ = ["available", "load", "register_dataset"]
 _BUILTIN = {
     "listops": "ssmjax.data.listops:load_listops",
     "mnist1d": "ssmjax.data.mnist1d:load_mnist1d",
+    "text": "ssmjax.data.text:load_text",
+    "retrieval": "ssmjax.data.retrieval:load_retrieval",
+    "image": "ssmjax.data.images:load_image",
+    "scifar": "ssmjax.data.images:load_scifar",
+    "scifar_gray": "ssmjax.data.images:load_scifar_gray",
+    "smnist": "ssmjax.data.images:load_smnist",
+    "psmnist": "ssmjax.data.images:load_psmnist",
+    "digits": "ssmjax.data.images:load_digits",
 }
 _LOADERS: dict[str, Callable[..., Dataset]] = {}
 
