@@ -184,7 +184,7 @@ def smoke(config: Config) -> Config:
         name=config.name + "-smoke",
         model=dataclasses.replace(config.model, d_model=8, n_layers=1, layer_kwargs=kwargs),
         data=dataclasses.replace(config.data, batch_size=2, eval_batch_size=4),
-        train=TrainConfig(epochs=1, max_steps=2, log_every=1, progress=False),
+        train=TrainConfig(epochs=1, max_steps=2, log_every=1, progress=False, devices=1),
     )
 
 
