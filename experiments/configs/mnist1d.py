@@ -17,9 +17,7 @@ from experiments.configs._builders import select
 from ssmjax.optim import OptimConfig
 from ssmjax.train import Config, DataConfig, ModelConfig, TrainConfig
 
-DATA = DataConfig(
-    name="mnist1d", kwargs={"val_fraction": 0.0}, batch_size=64, eval_batch_size=500
-)
+DATA = DataConfig(name="mnist1d", kwargs={"val_fraction": 0.0}, batch_size=64, eval_batch_size=500)
 TRAIN = TrainConfig(epochs=20, warmup_epochs=1, log_every=20)
 OPTIM = OptimConfig(lr=4e-3, ssm_lr=2e-3, weight_decay=0.1, preset="standard")
 

@@ -1,6 +1,8 @@
 """Every layer's modes agree: full sequence == step by step == chunks with carried state,
 padded batches with a mask == each sequence alone, and gradients reach every parameter."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +39,7 @@ def test_full_equals_step_and_chunks(key, name, length):
 
     cuts = sorted({0, length // 3, (2 * length) // 3 + 1, length})
     state, pieces = layer.init_state(2), []
-    for lo, hi in zip(cuts[:-1], cuts[1:]):
+    for lo, hi in itertools.pairwise(cuts):
         if hi > lo:
             y, state = layer(x[:, lo:hi], state=state, return_state=True)
             pieces.append(y)

@@ -328,7 +328,7 @@ def test_bad_inputs_raise(rng):
         with pytest.raises(ValueError, match=match):
             selective_scan(**{**args, k: v})
     with pytest.raises(ValueError, match="unknown implementation"):
-        selective_scan(**args, implementation="pallas")
+        selective_scan(**args, implementation="nope")
     with pytest.raises(ValueError, match="unknown implementation"):
         selective_scan(**args, implementation=["chunked", "nope"])
     with pytest.raises(ValueError, match="chunk_size"):
