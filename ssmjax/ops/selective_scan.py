@@ -25,10 +25,15 @@ Implementations behind the ``implementation=`` switch (see :mod:`ssmjax.ops._dis
   states and one chunk's ``(b, chunk_size, d, n)`` work space -- never ``O(b l d n)``.
   It supports reverse-mode differentiation (``jax.grad``, ``jax.vjp``), not ``jax.jvp``.
 
+* ``"pallas"`` — the fused Pallas-Triton kernel of :mod:`pallas_kernels.selective_scan`
+  (forward and backward; the state stays in registers, the backward keeps one state per
+  ``unroll`` steps). On a machine without a GPU an explicit request runs it in the Pallas
+  interpreter (slow; for tests).
+
 The automatic choice (``implementation=None``) is ``"associative"`` for sequences of at
-most :data:`AUTO_CHUNKED_MIN_LENGTH` steps and ``"chunked"`` above. Room is left for a
-``"pallas"`` entry (a later release): add it to :data:`IMPLEMENTATIONS` and to the front of
-:func:`_auto_chain`.
+most :data:`AUTO_CHUNKED_MIN_LENGTH` steps and ``"chunked"`` above, preceded on a GPU by
+``"pallas"`` (which raises ``NotImplementedError``, so the chain falls through, for the
+dtypes and shapes it is not tested on).
 
 All arithmetic is float32 (float64 for float64 inputs) whatever the input dtype; ``y`` is
 returned in ``x.dtype`` and the final state in the compute dtype.
@@ -47,7 +52,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ssmjax.ops._dispatch import dispatch
+from ssmjax.ops._dispatch import dispatch, on_gpu
 from ssmjax.ops.scan import linear_recurrence
 
 __all__ = ["AUTO_CHUNKED_MIN_LENGTH", "DEFAULT_CHUNK_SIZE", "selective_scan"]
@@ -358,16 +363,30 @@ def _chunked(x, dt, A, B, C, D, z, dt_bias, h0, *, softplus, chunk_size):
     return _chunked_scan(c, _group_count(B, C), softplus, p)
 
 
+def _pallas(x, dt, A, B, C, D, z, dt_bias, h0, *, softplus, chunk_size):
+    del chunk_size
+    try:
+        from pallas_kernels import selective_scan as _kernel
+    except ImportError as e:
+        raise NotImplementedError(f"the Pallas selective_scan kernel is not available ({e})") from e
+    return _kernel.selective_scan(
+        x, dt, A, B, C, D, z, dt_bias, softplus,
+        h0=h0, return_final_state=True, interpret=not on_gpu(),
+    )  # fmt: skip
+
+
 #: Every implementation by name; the dispatcher picks one (see module docstring).
 IMPLEMENTATIONS = {
     "sequential": _unfused(_sequential_core),
     "associative": _unfused(_associative_core),
     "chunked": _chunked,
+    "pallas": _pallas,
 }
 
 
 def _auto_chain(length: int) -> tuple[str, ...]:
-    return ("chunked",) if length > AUTO_CHUNKED_MIN_LENGTH else ("associative",)
+    xla = ("chunked",) if length > AUTO_CHUNKED_MIN_LENGTH else ("associative",)
+    return ("pallas", *xla) if on_gpu() else xla
 
 
 # ----------------------------------------------------------------------------------------
@@ -431,8 +450,9 @@ def selective_scan(
       dt_softplus: apply ``softplus`` to ``dt`` (after ``dt_bias``).
       h0: initial state ``(b, d, n)``; zeros when ``None``.
       return_final_state: also return the last state.
-      implementation: ``"sequential"``, ``"associative"``, ``"chunked"``, a fallback chain of
-        those, or ``None``: ``"chunked"`` for ``l >`` :data:`AUTO_CHUNKED_MIN_LENGTH` (128),
+      implementation: ``"sequential"``, ``"associative"``, ``"chunked"``, ``"pallas"``, a
+        fallback chain of those, or ``None``: on a GPU ``"pallas"`` where the kernel applies,
+        else ``"chunked"`` for ``l >`` :data:`AUTO_CHUNKED_MIN_LENGTH` (128),
         ``"associative"`` otherwise.
       chunk_size: time steps per chunk of ``"chunked"`` (ignored by the others); any
         ``l`` works, the last chunk may be shorter. Larger is faster on a GPU and needs a

@@ -1,0 +1,418 @@
+"""Benchmark of the Pallas kernels against the XLA forms, checked in the same run.
+
+Tables (median ms after warm-up; forward, and forward+backward = ``grad`` of
+``sum(out * cotangent)`` w.r.t. every input):
+
+* ``linear_recurrence`` at (8, 4096, 2048) fp32 and (8, 4096, 1024) complex64: pallas vs
+  associative vs chunked, achieved TB/s and the ratio to the HBM floor (forward: read a, b,
+  write h; forward+backward: + read a, h, dh, write da, db);
+* ``selective_scan`` at (8, 4096, 4096, 16) bf16 with z, D, dt_bias and softplus: pallas vs
+  the XLA forms, exp/s (forward: one exp per (b, l, d, n); forward+backward: two).
+
+Every result is compared with the ``"sequential"`` reference in the same run (max error
+relative to the reference's max for fp32, relative L2 for bf16). Run::
+
+    python -m experiments.bench.kernels [--check] [--sweep] [--no-bench] [--quick]
+
+``--check`` runs small on-device correctness cases of both kernels (forward and every
+gradient vs the reference); ``--sweep`` times kernel configurations.
+"""
+
+import argparse
+import itertools
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.bench._harness import header, table, time_ms
+from pallas_kernels.linear_scan import linear_scan
+from pallas_kernels.selective_scan import selective_scan as selective_scan_kernel
+from ssmjax.ops import linear_recurrence, selective_scan
+
+SS_ARGS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
+
+
+def rel_err(actual, desired) -> float:
+    """Max abs error relative to the reference's max abs value."""
+    a = np.asarray(
+        jnp.asarray(actual).astype(jnp.complex64 if jnp.iscomplexobj(actual) else jnp.float32)
+    )
+    d = np.asarray(jnp.asarray(desired).astype(a.dtype))
+    return float(np.max(np.abs(a - d)) / max(np.max(np.abs(d)), 1e-30))
+
+
+def rel_l2(actual, desired) -> float:
+    a = np.asarray(jnp.asarray(actual, jnp.float32), np.float64)
+    d = np.asarray(jnp.asarray(desired, jnp.float32), np.float64)
+    return float(np.linalg.norm(a - d) / max(np.linalg.norm(d), 1e-30))
+
+
+def tree_err(actual, desired, fn=rel_err) -> float:
+    return max(fn(x, y) for x, y in zip(actual, desired, strict=True) if y is not None)
+
+
+# ----------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------
+
+
+def scan_inputs(shape, dtype, seed=0):
+    ka, kb, kc, kd = jax.random.split(jax.random.key(seed), 4)
+    if dtype == "complex64":
+        r = jax.random.uniform(ka, shape, minval=0.9, maxval=0.999)
+        th = jax.random.uniform(kb, shape, maxval=np.pi)
+        a = (r * jnp.exp(1j * th)).astype(jnp.complex64)
+        b = jax.lax.complex(jax.random.normal(kb, shape), jax.random.normal(kc, shape))
+    else:
+        a = jax.random.uniform(ka, shape, minval=0.9, maxval=0.999).astype(dtype)
+        b = jax.random.normal(kb, shape).astype(dtype)
+    ct = jax.random.normal(kd, shape).astype(b.dtype)
+    if dtype == "complex64":
+        ct = ct + 0.5j * jax.random.normal(kc, shape)
+    return a, b, ct.astype(b.dtype)
+
+
+def ss_inputs(b, length, d, n, dtype, *, g=1, seed=0, gate=True):
+    """Mamba-style inputs: S4D-real A, dt = softplus(raw + bias) in ~0.001..0.1."""
+    rng = np.random.default_rng(seed)
+    bc = (b, length, n) if g == 1 else (b, length, g, n)
+    dt_init = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), size=(d,)))
+    args = {
+        "x": rng.normal(size=(b, length, d)),
+        "dt": rng.normal(size=(b, length, d)) * 0.5,
+        "A": -np.tile(np.arange(1, n + 1, dtype=np.float64), (d, 1)),
+        "B": rng.normal(size=bc),
+        "C": rng.normal(size=bc),
+        "D": rng.normal(size=(d,)),
+        "z": rng.normal(size=(b, length, d)) if gate else None,
+        "dt_bias": dt_init + np.log(-np.expm1(-dt_init)),  # inverse softplus
+    }
+    out = {}
+    for k, v in args.items():
+        if v is None:
+            out[k] = None
+        elif k in ("A", "D", "dt_bias"):
+            out[k] = jnp.asarray(v, jnp.float32)
+        else:
+            out[k] = jnp.asarray(v, dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# linear_recurrence
+# ----------------------------------------------------------------------------------------
+
+
+def scan_fns(impl, reverse=False, **kw):
+    if impl == "pallas-kernel":
+        run = lambda a, b: linear_scan(a, b, reverse=reverse, **kw)
+    else:
+        run = lambda a, b: linear_recurrence(a, b, reverse=reverse, implementation=impl)
+    fwd = jax.jit(run)
+
+    def loss(a, b, ct):
+        h = run(a, b)
+        return jnp.sum(jnp.real(h * ct).astype(jnp.float32))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return fwd, grad
+
+
+def bench_scan(shape, dtype, hbm_tbps, repeats):
+    a, b, ct = scan_inputs(shape, dtype)
+    item = jnp.dtype(b.dtype).itemsize
+    size = int(np.prod(shape))
+    fwd_bytes, bwd_bytes = 3 * size * item, 5 * size * item  # bwd: read a, h, dh; write da, db
+    ref_fwd, ref_grad = scan_fns("sequential")
+    h_ref = ref_fwd(a, b)
+    # The reference gradient with real cotangents (sum(real(h * ct))) as in the loss.
+    g_ref = ref_grad(a, b, ct)
+    rows = []
+    for impl in ("pallas", "associative", "chunked"):
+        fwd, grad = scan_fns(impl)
+        try:
+            h = fwd(a, b)
+            g = grad(a, b, ct)
+        except Exception as e:
+            rows.append({"impl": impl, "note": f"failed: {type(e).__name__}: {str(e)[:80]}"})
+            continue
+        t_f = time_ms(fwd, a, b, repeats=repeats)
+        t_b = time_ms(grad, a, b, ct, repeats=repeats)
+        rows.append(
+            {
+                "impl": impl,
+                "fwd ms": t_f,
+                "fwd+bwd ms": t_b,
+                "fwd TB/s": fwd_bytes / t_f / 1e9,
+                "fwd / floor": t_f / (fwd_bytes / hbm_tbps / 1e9),
+                "fwd+bwd / floor": t_b / ((fwd_bytes + bwd_bytes) / hbm_tbps / 1e9),
+                "err fwd": rel_err(h, h_ref),
+                "err grad": tree_err(g, g_ref),
+            }
+        )
+        print(f"  {impl:<12} fwd {t_f:8.3f} ms  fwd+bwd {t_b:8.3f} ms", flush=True)
+    base = {r["impl"]: r for r in rows if "fwd ms" in r}
+    if "pallas" in base and "associative" in base:
+        for r in rows:
+            if "fwd ms" in r:
+                r["assoc/this fwd+bwd"] = base["associative"]["fwd+bwd ms"] / r["fwd+bwd ms"]
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# selective_scan
+# ----------------------------------------------------------------------------------------
+
+
+def ss_fns(impl, softplus=True, **kw):
+    def run(args):
+        if impl == "pallas-kernel":
+            return selective_scan_kernel(**args, dt_softplus=softplus, **kw)
+        return selective_scan(**args, dt_softplus=softplus, implementation=impl)
+
+    fwd = jax.jit(run)
+
+    def loss(args, dy):
+        return jnp.sum(run(args).astype(jnp.float32) * dy)
+
+    grad = jax.jit(jax.grad(loss))
+    return fwd, grad
+
+
+def bench_ss(b, length, d, n, dtype, repeats, impls):
+    args = ss_inputs(b, length, d, n, dtype)
+    dy = jax.random.normal(jax.random.key(1), (b, length, d), jnp.float32)
+    exps = b * length * d * n
+    results = {}
+    rows = []
+    for impl in impls:
+        fwd, grad = ss_fns(impl)
+        row = {"impl": impl}
+        try:
+            t0 = time.perf_counter()
+            y = jax.block_until_ready(fwd(args))
+            row["fwd ms"] = time_ms(fwd, args, repeats=repeats if impl == "pallas" else 5)
+            row["fwd exp/s"] = exps / row["fwd ms"] * 1e3
+            results[impl] = {"y": y}
+            g = jax.block_until_ready(grad(args, dy))
+            row["fwd+bwd ms"] = time_ms(grad, args, dy, repeats=repeats if impl == "pallas" else 3)
+            row["fwd+bwd exp/s (2/elem)"] = 2 * exps / row["fwd+bwd ms"] * 1e3
+            results[impl]["g"] = [g[k] for k in SS_ARGS]
+            row["wall s"] = time.perf_counter() - t0
+        except Exception as e:  # e.g. out of memory for the big XLA forms
+            row["note"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+        rows.append(row)
+        print(f"  {impl:<12} {row}", flush=True)
+    ref = "sequential" if "sequential" in results else "chunked"
+    for row in rows:
+        r = results.get(row["impl"])
+        if r is None or ref not in results:
+            continue
+        row["ref"] = ref
+        row["rel L2 y"] = rel_l2(r["y"], results[ref]["y"])
+        if "g" in r and "g" in results[ref]:
+            row["rel L2 grads (max)"] = tree_err(r["g"], results[ref]["g"], rel_l2)
+    fastest = min(
+        (r["fwd+bwd ms"] for r in rows if r["impl"] != "pallas" and "fwd+bwd ms" in r), default=None
+    )
+    for row in rows:
+        if fastest and "fwd+bwd ms" in row:
+            row["best XLA/this fwd+bwd"] = fastest / row["fwd+bwd ms"]
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# On-device correctness cases and configuration sweep
+# ----------------------------------------------------------------------------------------
+
+
+def check():
+    ok = True
+    print("\n## linear_scan checks (vs sequential; max rel err fwd / grads)")
+    for dtype, length, rev, state in itertools.product(
+        ("float32", "complex64", "bfloat16"), (1, 33, 1000), (False, True), ((5, 3),)
+    ):
+        shape = (2, length, *state)
+        a, b, ct = scan_inputs(shape, dtype, seed=length)
+        h0 = jnp.ones((2, *state), jnp.complex64 if dtype == "complex64" else jnp.float32) * 0.3
+
+        def run(impl, a, b, h0, rev=rev):
+            if impl == "pallas":
+                return linear_scan(a, b, h0, reverse=rev)
+            return linear_recurrence(a, b, h0, reverse=rev, implementation="sequential")
+
+        outs = {}
+        for impl in ("pallas", "sequential"):
+            f = lambda a, b, h0, impl=impl: run(impl, a, b, h0)
+            h, vjp = jax.vjp(f, a, b, h0)
+            outs[impl] = (h, vjp(ct.astype(h.dtype)))
+        e_f = rel_err(outs["pallas"][0], outs["sequential"][0])
+        e_g = tree_err(outs["pallas"][1], outs["sequential"][1])
+        tol = 2e-2 if dtype == "bfloat16" else 1e-5 * max(1.0, np.sqrt(length))
+        good = e_f < tol and e_g < 10 * tol
+        ok &= good
+        print(
+            f"  {dtype:<9} l={length:<5} rev={rev!s:<5} s={state}: {e_f:.1e} / {e_g:.1e} "
+            + ("ok" if good else "FAIL")
+        )
+    print("\n## selective_scan checks (vs sequential; rel L2 y / final state / max over grads)")
+    for dtype, length, n, g, gate in (
+        ("float32", 1, 16, 1, True),
+        ("float32", 33, 16, 2, True),
+        ("float32", 300, 16, 1, False),
+        ("float32", 77, 4, 4, True),
+        ("float32", 50, 64, 1, True),
+        ("bfloat16", 300, 16, 2, True),
+        ("bfloat16", 129, 8, 1, False),
+    ):
+        args = ss_inputs(2, length, 128, n, dtype, g=g, seed=length, gate=gate)
+        h0 = jax.random.normal(jax.random.key(3), (2, 128, n)) * 0.3
+        cts = (
+            jax.random.normal(jax.random.key(4), (2, length, 128)).astype(args["x"].dtype),
+            jax.random.normal(jax.random.key(5), (2, 128, n)),
+        )
+        res = {}
+        for impl in ("pallas", "sequential"):
+
+            def f(p, h0, impl=impl):
+                return selective_scan(
+                    **p, dt_softplus=True, h0=h0, return_final_state=True, implementation=impl
+                )
+
+            out, vjp = jax.vjp(f, args, h0)
+            gp, gh0 = vjp(cts)
+            res[impl] = (out, [gp[k] for k in SS_ARGS] + [gh0])
+        e_y = rel_l2(res["pallas"][0][0], res["sequential"][0][0])
+        e_h = rel_l2(res["pallas"][0][1], res["sequential"][0][1])
+        e_g = tree_err(res["pallas"][1], res["sequential"][1], rel_l2)
+        tol = 1e-2 if dtype == "bfloat16" else 1e-5
+        good = max(e_y, e_h) < tol and e_g < 5 * tol
+        ok &= good
+        print(
+            f"  {dtype:<9} l={length:<4} n={n:<3} g={g} z={gate!s:<5}: "
+            f"{e_y:.1e} / {e_h:.1e} / {e_g:.1e} {'ok' if good else 'FAIL'}"
+        )
+    print(f"\nchecks: {'ALL OK' if ok else 'SOME FAILED'}", flush=True)
+    return ok
+
+
+def sweep(quick, deadline=float("inf")):
+    shape = (2, 512, 256) if quick else (8, 4096, 2048)
+    xr = scan_inputs(shape, "float32")
+    xc = scan_inputs((*shape[:2], shape[2] // 2), "complex64")
+    rows = []
+    print("\n## linear_scan sweep", shape, "fp32 / complex64 with half the width", flush=True)
+    for bd, nw, u, cplx in (
+        (32, 1, 8, False),
+        (32, 1, 16, False),
+        (32, 1, 32, False),
+        (64, 2, 16, False),
+        (64, 1, 16, False),
+        (128, 4, 16, False),
+        (128, 2, 16, False),
+        (32, 1, 1, False),
+        (32, 1, 16, True),
+        (64, 2, 8, True),
+    ):
+        if time.perf_counter() > deadline:
+            print("  (deadline reached; rest of the sweep skipped)")
+            break
+        fwd, grad = scan_fns("pallas-kernel", block_d=bd, num_warps=nw, unroll=u)
+        x = xc if cplx else xr
+        try:
+            t_f = time_ms(fwd, *x[:2], repeats=10)
+            t_b = time_ms(grad, *x, repeats=10)
+            row = {"BD": bd, "warps": nw, "unroll": u, "fwd ms": t_f, "fwd+bwd ms": t_b}
+            rows.append({"complex": cplx, **row})
+        except Exception as e:
+            rows.append({"BD": bd, "warps": nw, "unroll": u, "note": str(e).splitlines()[0][:100]})
+        print("  ", rows[-1], flush=True)
+    print(table(rows, ["complex", "BD", "warps", "unroll", "fwd ms", "fwd+bwd ms", "note"]))
+    b_, l_, d_ = (2, 512, 256) if quick else (8, 4096, 4096)
+    args = ss_inputs(b_, l_, d_, 16, jnp.bfloat16)
+    dy = jax.random.normal(jax.random.key(1), (b_, l_, d_), jnp.float32)
+    rows = []
+    print("\n## selective_scan sweep", (b_, l_, d_, 16), "bf16 gated softplus", flush=True)
+    for bd, nw, u in (
+        (32, 4, 8),
+        (32, 4, 16),
+        (32, 2, 8),
+        (16, 2, 8),
+        (64, 4, 8),
+        (32, 4, 4),
+    ):
+        if time.perf_counter() > deadline:
+            print("  (deadline reached; rest of the sweep skipped)")
+            break
+        fwd, grad = ss_fns("pallas-kernel", block_d=bd, num_warps=nw, unroll=u)
+        try:
+            t0 = time.perf_counter()
+            t_f = time_ms(fwd, args, repeats=10)
+            t_b = time_ms(grad, args, dy, repeats=5)
+            rows.append(
+                {
+                    "BD": bd,
+                    "warps": nw,
+                    "unroll": u,
+                    "fwd ms": t_f,
+                    "fwd+bwd ms": t_b,
+                    "wall s": time.perf_counter() - t0,
+                }
+            )
+        except Exception as e:
+            rows.append({"BD": bd, "warps": nw, "unroll": u, "note": str(e).splitlines()[0][:100]})
+        print("  ", rows[-1], flush=True)
+    print(table(rows, ["BD", "warps", "unroll", "fwd ms", "fwd+bwd ms", "wall s", "note"]))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="on-device correctness cases")
+    parser.add_argument("--sweep", action="store_true", help="time kernel configurations")
+    parser.add_argument("--no-bench", action="store_true", help="skip the main tables")
+    parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
+    parser.add_argument(
+        "--sweep-deadline", type=float, default=float("inf"), help="seconds after start"
+    )
+    parser.add_argument("--hbm-tbps", type=float, default=3.35, help="HBM TB/s for the floor")
+    parser.add_argument("--ss-d", type=int, default=4096, help="d of the selective_scan table")
+    parser.add_argument(
+        "--ss-impls", default="pallas,chunked,associative,sequential", help="comma-separated"
+    )
+    args = parser.parse_args(argv)
+    print(header("python -m experiments.bench.kernels " + " ".join(argv or sys.argv[1:])))
+    start = time.perf_counter()
+    if args.check:
+        check()
+    if not args.no_bench:
+        bench(args)
+    if args.sweep:
+        sweep(args.quick, start + args.sweep_deadline)
+
+
+def bench(args):
+    repeats = 20
+    scan_shapes = [((8, 4096, 2048), "float32"), ((8, 4096, 1024), "complex64")]
+    if args.quick:
+        scan_shapes = [((2, 256, 64), "float32"), ((2, 256, 32), "complex64")]
+    cols = ["impl", "fwd ms", "fwd+bwd ms", "fwd TB/s", "fwd / floor", "fwd+bwd / floor"]
+    cols += ["assoc/this fwd+bwd", "err fwd", "err grad", "note"]
+    for shape, dtype in scan_shapes:
+        print(f"\n## linear_recurrence (b, l, d) = {shape}, {dtype}; floor at {args.hbm_tbps} TB/s")
+        print(table(bench_scan(shape, dtype, args.hbm_tbps, repeats), cols), flush=True)
+    b, length, d, n = (2, 256, 64, 16) if args.quick else (8, 4096, args.ss_d, 16)
+    print(
+        f"\n## selective_scan (b, l, d, n) = {(b, length, d, n)}, bf16 x/dt/z/B/C, "
+        "z + D + dt_bias + softplus"
+    )
+    rows = bench_ss(b, length, d, n, jnp.bfloat16, repeats, args.ss_impls.split(","))
+    cols = ["impl", "fwd ms", "fwd+bwd ms", "fwd exp/s", "fwd+bwd exp/s (2/elem)"]
+    cols += ["best XLA/this fwd+bwd", "ref", "rel L2 y", "rel L2 grads (max)", "note"]
+    print(table(rows, cols), flush=True)
+
+
+if __name__ == "__main__":
+    main()

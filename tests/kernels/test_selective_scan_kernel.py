@@ -1,0 +1,114 @@
+"""The fused Pallas selective_scan kernel (interpret mode on CPU) against the reference.
+
+Forward output, final state and the gradients w.r.t. every input (random cotangents on
+``y`` and on the final state) are compared with ``ssmjax.ops.selective_scan(...,
+implementation="sequential")`` at odd lengths, with h0, grouped B/C (different group counts
+for B and C), with and without z / D / dt_bias / softplus, fp32 and bf16 I/O. ``unroll=4``
+makes the 33-step cases run the prefetching block loop plus a tail block.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.selective_scan import selective_scan as selective_scan_kernel
+from ssmjax.ops import selective_scan
+from ssmjax.ops.selective_scan import _auto_chain
+from ssmjax.testing import assert_allclose
+
+ARGS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "h0")
+
+CASES = [
+    # dtype, length, (g_B, g_C), full (z, D, dt_bias, softplus), unroll
+    ("float32", 1, (1, 1), True, 8),
+    ("float32", 7, (2, 1), False, 8),
+    ("float32", 33, (2, 4), True, 4),
+    ("bfloat16", 33, (1, 1), True, 4),
+]
+
+
+def make_inputs(rng, dtype, length, groups, full, b=2, d=8, n=4):
+    def bc(g):
+        return rng.normal(size=(b, length, n) if g == 1 else (b, length, g, n))
+
+    args = {
+        "x": rng.normal(size=(b, length, d)),
+        "dt": rng.normal(size=(b, length, d)) * 0.5 - (0.0 if full else 2.0),
+        "A": -np.exp(rng.normal(size=(d, n)) * 0.5),
+        "B": bc(groups[0]),
+        "C": bc(groups[1]),
+        "D": rng.normal(size=(d,)) if full else None,
+        "z": rng.normal(size=(b, length, d)) if full else None,
+        "dt_bias": rng.uniform(-3.0, -1.0, size=(d,)) if full else None,
+        "h0": rng.normal(size=(b, d, n)),
+    }
+    if not full:
+        args["dt"] = np.abs(args["dt"]) * 0.1 + 0.01
+    io = ("x", "dt", "B", "C", "z")
+    return {
+        k: None if v is None else jnp.asarray(v, dtype if k in io else jnp.float32)
+        for k, v in args.items()
+    }
+
+
+@pytest.mark.parametrize(("dtype", "length", "groups", "full", "unroll"), CASES)
+def test_matches_sequential(rng, dtype, length, groups, full, unroll):
+    args = make_inputs(rng, jnp.dtype(dtype), length, groups, full)
+
+    def kernel(p):
+        return selective_scan_kernel(
+            **p, dt_softplus=full, return_final_state=True, interpret=True, unroll=unroll
+        )
+
+    def reference(p):
+        return selective_scan(
+            **p, dt_softplus=full, return_final_state=True, implementation="sequential"
+        )
+
+    (y, h), vjp = jax.vjp(kernel, args)
+    (y_ref, h_ref), vjp_ref = jax.vjp(reference, args)
+    assert y.dtype == args["x"].dtype and h.dtype == jnp.float32
+    tol = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    n = max(length, 4)
+    assert_allclose(y, y_ref, dtype=tol, n=n)
+    assert_allclose(h, h_ref, dtype=tol, n=n)
+    cts = (
+        jnp.asarray(rng.normal(size=y.shape), y.dtype),
+        jnp.asarray(rng.normal(size=h.shape), jnp.float32),
+    )
+    (grads,), (grads_ref,) = vjp(cts), vjp_ref(cts)
+    for name in ARGS:
+        if args[name] is None:
+            assert grads[name] is None
+            continue
+        assert grads[name].shape == args[name].shape, name
+        assert grads[name].dtype == args[name].dtype, name
+        assert_allclose(grads[name], grads_ref[name], dtype=tol, n=n, kind="grad", err_msg=name)
+
+
+def test_through_the_dispatcher(rng):
+    args = make_inputs(rng, jnp.float32, 5, (1, 1), True)
+    out = selective_scan(**args, dt_softplus=True, implementation="pallas")
+    ref = selective_scan(**args, dt_softplus=True, implementation="sequential")
+    assert_allclose(out, ref, n=5)
+
+
+def test_auto_chain_uses_the_kernel_only_on_gpu():
+    if jax.default_backend() == "gpu":
+        assert _auto_chain(4096)[0] == "pallas"
+    else:
+        assert "pallas" not in _auto_chain(4096)
+
+
+def test_fail_closed(rng):
+    args = make_inputs(rng, jnp.float32, 3, (1, 1), True)
+    args.pop("h0")
+    if jax.default_backend() != "gpu":
+        with pytest.raises(NotImplementedError, match="needs a GPU"):
+            selective_scan_kernel(**args)
+    bad_n = {**args, "A": args["A"][:, :3], "B": args["B"][..., :3], "C": args["C"][..., :3]}
+    with pytest.raises(NotImplementedError, match="power of two"):
+        selective_scan_kernel(**bad_n, interpret=True)
+    with pytest.raises(NotImplementedError, match="dtype"):
+        selective_scan_kernel(**{**args, "x": args["x"].astype(jnp.float16)}, interpret=True)
