@@ -28,13 +28,17 @@ def test_full_equals_step_and_chunks(key, name, length):
     y_full, final = layer(x, return_state=True)
     assert y_full.shape == x.shape and y_full.dtype == x.dtype
 
-    state = layer.init_state(2)
-    step = nnx.jit(lambda layer, x_t, s: layer.step(x_t, s))
-    ys = []
-    for t in range(length):
-        y_t, state = step(layer, x[:, t], state)
-        ys.append(y_t)
-    assert_allclose(jnp.stack(ys, 1), y_full, n=length)
+    @nnx.jit
+    def run_steps(layer, x, state):
+        def body(state, x_t):
+            y_t, state = layer.step(x_t, state)
+            return state, y_t
+
+        state, ys = jax.lax.scan(body, state, jnp.swapaxes(x, 0, 1))
+        return jnp.swapaxes(ys, 0, 1), state
+
+    ys, state = run_steps(layer, x, layer.init_state(2))
+    assert_allclose(ys, y_full, n=length)
     assert_allclose(state, final, n=length)
 
     cuts = sorted({0, length // 3, (2 * length) // 3 + 1, length})
