@@ -2,6 +2,10 @@
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -43,6 +47,8 @@ def _toy(n=96, length=12, seed=0, nan_from=None, tokens=False):
     kwargs = {"vocab_size": 9} if tokens else {"d_input": 2}
     return Dataset("toy", train, split(32), split(32), num_classes=2, seq_len=length, **kwargs)
 
+
+REPO = Path(__file__).resolve().parents[2]
 
 register_dataset("toy", _toy)
 register_dataset("toy_tokens", lambda **kw: _toy(tokens=True, **kw))
@@ -138,3 +144,33 @@ def test_overrides():
         apply_overrides(config, ["optim.preset=sgd"])
     with pytest.raises(ValueError, match="expected int"):
         apply_overrides(config, ["model.d_model=wide"])
+
+
+def test_checkpoint_restores_in_a_fresh_process(tmp_path):
+    """Stop after 2 steps, resume in a new Python process: same losses as 4 steps straight."""
+    env = {**os.environ, "SSMJAX_DATA": str(tmp_path / "data"), "JAX_PLATFORMS": "cpu"}
+    base = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--config",
+        "experiments/configs/mnist1d.py:s5_smoke",
+        "--config.model.dropout=0.1",
+    ]
+
+    def run(workdir, steps):
+        subprocess.run(
+            [*base, "--workdir", str(workdir), f"--config.train.max_steps={steps}"],
+            check=True,
+            env=env,
+            capture_output=True,
+            cwd=os.getcwd(),
+        )
+
+    run(tmp_path / "straight", 4)
+    run(tmp_path / "resumed", 2)
+    run(tmp_path / "resumed", 4)
+    assert len(losses(tmp_path / "resumed")) == 4
+    np.testing.assert_allclose(
+        losses(tmp_path / "resumed"), losses(tmp_path / "straight"), rtol=1e-6
+    )
