@@ -19,6 +19,8 @@ _BUILTIN = {
     "smnist": "ssmjax.data.images:load_smnist",
     "psmnist": "ssmjax.data.images:load_psmnist",
     "digits": "ssmjax.data.images:load_digits",
+    "pathfinder": "ssmjax.data.pathfinder:load_pathfinder",
+    "pathx": "ssmjax.data.pathfinder:load_pathx",
 }
 _LOADERS: dict[str, Callable[..., Dataset]] = {}
 
