@@ -15,6 +15,22 @@ block's rows prefetched (:func:`pallas_kernels._common.blocked_loop`). When diff
 the forward also writes the state at the start of every block (``l / unroll`` checkpoints,
 ``(b, ceil(l / unroll), d, n)`` fp32).
 
+Two register layouts (``layout=`` for the forward, ``bwd_layout=`` for the backward):
+
+* ``"state"`` -- the state is one ``(BD, n)`` block. Triton spreads each channel's ``n``
+  states over several threads, so per-channel work (softplus, sigmoid, ``D``, ``z``) is
+  repeated on each of them and ``y = sum_n C_n h_n`` needs cross-thread shuffles.
+* ``"channel"`` -- the channels are ``(BD,)`` vectors (one channel per thread with the
+  default ``num_warps = BD / 32``) and the state is ``n`` separate ``(BD,)`` vectors (the
+  ``n`` loop unrolled in Python); ``B_t[k]``, ``C_t[k]`` are scalar loads, ``A`` comes
+  transposed ``(n, d)`` so column ``k`` is a ``(BD,)`` load, and every sum over ``n`` is a
+  chain of per-thread FMAs. ``h0``/final state travel as ``(b, n, d)`` (transposed
+  outside); the backward's checkpoints are ``(b, n_ckpt, n, d)`` when both kernels use
+  this layout.
+
+Defaults: ``layout="channel"``, ``bwd_layout="state"`` (the channel backward holds
+``~2 n unroll`` fp32 values per thread).
+
 Backward kernel: same grid, blocks last-first. Per block it reloads the checkpoint,
 recomputes the block's ``unroll`` states and decays *in registers* (fully unrolled, so no
 state goes to HBM and no exp is recomputed twice), then runs the adjoint recurrence
@@ -48,6 +64,11 @@ class _Config(NamedTuple):
     unroll: int
     num_warps: int
     num_stages: int
+    layout: str  # forward layout: "channel" or "state"
+    prefetch_bc: bool  # channel layout: prefetch the next block's B/C scalars too
+    bwd_layout: str  # backward layout: "channel" or "state" (own launch config below)
+    bwd_block_d: int
+    bwd_num_warps: int
     groups: int
     softplus: bool
     has_D: bool
@@ -175,6 +196,87 @@ def _fwd_kernel(*refs, cfg: _Config, length: int, save: bool):
     hT_ref[...] = h
 
 
+def _load_rows_channel(r, start, count, n: int, bc: bool):
+    """Channel layout: ``x``/``dt``/``z`` rows and (if ``bc``) ``B_t``/``C_t`` as ``n`` scalars."""
+    rows = []
+    for u in range(count):
+        t = start + u
+        row = {"x": r["x"][t, :], "dt": r["dt"][t, :]}
+        if r["z"] is not None:
+            row["z"] = r["z"][t, :]
+        if bc:
+            row["B"] = [r["B"][t, k] for k in range(n)]
+            row["C"] = [r["C"][t, k] for k in range(n)]
+        rows.append(row)
+    return rows
+
+
+def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
+    """Forward, channel layout: one ``(BD,)`` register vector per state index.
+
+    Every per-channel quantity (``dt``, softplus, ``D x``, the gate) is a ``(BD,)`` vector
+    computed once per channel, the state is ``n`` separate ``(BD,)`` vectors (the ``n`` loop
+    is unrolled in Python), ``B_t[k]``/``C_t[k]`` are scalar loads broadcast to the block
+    and ``y_t = sum_k C_t[k] h_k`` is ``n`` fused multiply-adds with no cross-thread
+    reduction. ``A`` comes transposed, ``(n, BD)``, pre-scaled by ``log2 e``; ``h0`` and the
+    final state are ``(n, BD)`` blocks of ``(b, n, d)`` arrays (transposed outside). The
+    checkpoints are ``(b, n_ckpt, n, d)`` for the channel-layout backward, or the
+    ``(b, n_ckpt, d, n)`` of the state-layout backward (strided column stores, once per
+    block of ``unroll`` steps).
+    """
+    r, outs = _split_refs(refs, _in_names(cfg, backward=False))
+    y_ref, hT_ref = outs[0], outs[1]
+    ckpt_ref = outs[2] if save else None
+    A2 = [r["A2"][k, :].astype(_F32) for k in range(n)]
+    D = r["D"][...].astype(_F32) if cfg.has_D else None
+    bias = r["bias"][...].astype(_F32) if cfg.has_bias else None
+    U = cfg.unroll
+
+    def load(start, count):
+        return _load_rows_channel(r, start, count, n, cfg.prefetch_bc)
+
+    def body(start, rows, h):
+        h = list(h)
+        if save:
+            blk = block_index(start, U)
+            for k in range(n):
+                if _ckpt_channel(cfg):
+                    ckpt_ref[blk, k, :] = h[k]
+                else:
+                    ckpt_ref[blk, :, k] = h[k]
+        for u, row in enumerate(rows):
+            t = start + u
+            x = row["x"].astype(_F32)
+            dt = row["dt"].astype(_F32)
+            if bias is not None:
+                dt = dt + bias
+            if cfg.softplus:
+                dt = _softplus(dt)
+            dtx = dt * x
+            if cfg.prefetch_bc:
+                Bs, Cs = row["B"], row["C"]
+            else:
+                Bs = [r["B"][t, k] for k in range(n)]
+                Cs = [r["C"][t, k] for k in range(n)]
+            y = None
+            for k in range(n):
+                h[k] = jnp.exp2(dt * A2[k]) * h[k] + dtx * Bs[k].astype(_F32)
+                term = h[k] * Cs[k].astype(_F32)
+                y = term if y is None else y + term
+            if D is not None:
+                y = y + D * x
+            if cfg.has_z:
+                z = row["z"].astype(_F32)
+                y = y * (z * _sigmoid(z))
+            y_ref[t, :] = y.astype(y_ref.dtype)
+        return tuple(h)
+
+    h = tuple(r["h0"][k, :].astype(_F32) for k in range(n))
+    h = blocked_loop(length, U, load, body, h)
+    for k in range(n):
+        hT_ref[k, :] = h[k]
+
+
 # ----------------------------------------------------------------------------------------
 # Backward kernel
 # ----------------------------------------------------------------------------------------
@@ -256,6 +358,114 @@ def _bwd_kernel(*refs, cfg: _Config, length: int):
         o["dbias"][...] = acc_bias
 
 
+def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
+    """Backward, channel layout: the state-layout backward with every ``(BD, n)`` array
+    split into ``n`` ``(BD,)`` vectors. Sums over ``n`` (``adj . B``, ``dA . A``, ``y``) are
+    per-thread; only the ``dB_t``/``dC_t`` partials reduce over the block's channels, stored
+    as scalars. ``ckpt``, ``dh``, ``dh0``, ``dA`` are in ``(n, d)`` order."""
+    r, outs = _split_refs(refs, _in_names(cfg, backward=True))
+    out_names = [("dx", True), ("ddt", True), ("dz", cfg.has_z), ("dB", True), ("dC", True)]
+    out_names += [("dA", True), ("dD", cfg.has_D), ("dbias", cfg.has_bias), ("dh0", True)]
+    o, _ = _split_refs(outs, out_names)
+    A2 = [r["A2"][k, :].astype(_F32) for k in range(n)]
+    A = [a * _LN2 for a in A2]
+    D = r["D"][...].astype(_F32) if cfg.has_D else None
+    bias = r["bias"][...].astype(_F32) if cfg.has_bias else None
+    U = cfg.unroll
+
+    def load(start, count):
+        blk = block_index(start, U)
+        h_in = [r["ckpt"][blk, k, :] for k in range(n)]
+        rows = _load_rows_channel(r, start, count, n, cfg.prefetch_bc)
+        for u, row in enumerate(rows):
+            row["dy"] = r["dy"][start + u, :]
+        return h_in, rows
+
+    def body(start, loaded, carry):
+        h_in, rows = loaded
+        adj, acc_A, acc_D, acc_bias = carry
+        adj, acc_A = list(adj), list(acc_A)
+        # Recompute the block's states and decays (kept in registers).
+        hs = [list(h_in)]
+        steps = []
+        for u, row in enumerate(rows):
+            t = start + u
+            x = row["x"].astype(_F32)
+            dt_pre = row["dt"].astype(_F32)
+            if bias is not None:
+                dt_pre = dt_pre + bias
+            dt = _softplus(dt_pre) if cfg.softplus else dt_pre
+            dtx = dt * x
+            if cfg.prefetch_bc:
+                Bs, Cs = row["B"], row["C"]
+            else:
+                Bs = [r["B"][t, k] for k in range(n)]
+                Cs = [r["C"][t, k] for k in range(n)]
+            Bs = [v.astype(_F32) for v in Bs]
+            dA = [jnp.exp2(dt * A2[k]) for k in range(n)]
+            hs.append([dA[k] * hs[-1][k] + dtx * Bs[k] for k in range(n)])
+            steps.append((x, dt_pre, dt, dtx, Bs, Cs, dA))
+        # Adjoint, last step first.
+        for u in reversed(range(len(rows))):
+            row = rows[u]
+            x, dt_pre, dt, dtx, Bs, Cs, dA = steps[u]
+            h_prev, h = hs[u], hs[u + 1]
+            t = start + u
+            Cs = [v.astype(_F32) for v in Cs]
+            dy = row["dy"].astype(_F32)
+            if cfg.has_z:
+                z = row["z"].astype(_F32)
+                y_pre = h[0] * Cs[0]
+                for k in range(1, n):
+                    y_pre = y_pre + h[k] * Cs[k]
+                if D is not None:
+                    y_pre = y_pre + D * x
+                sig = _sigmoid(z)
+                o["dz"][t, :] = (dy * y_pre * sig * (1.0 + z * (1.0 - sig))).astype(o["dz"].dtype)
+                dy = dy * (z * sig)
+            adj_b = None
+            dda = None
+            for k in range(n):
+                adj[k] = adj[k] + dy * Cs[k]
+                o["dC"][t, k] = jnp.sum(dy * h[k])
+                o["dB"][t, k] = jnp.sum(adj[k] * dtx)
+                term = adj[k] * Bs[k]
+                adj_b = term if adj_b is None else adj_b + term
+                da_a = adj[k] * h_prev[k] * dA[k]  # dL/d(dt A)
+                acc_A[k] = acc_A[k] + da_a * dt
+                term = da_a * A[k]
+                dda = term if dda is None else dda + term
+                adj[k] = adj[k] * dA[k]
+            ddt = x * adj_b + dda
+            if cfg.softplus:
+                ddt = ddt * _sigmoid(dt_pre)
+            if acc_bias is not None:
+                acc_bias = acc_bias + ddt
+            dx = dt * adj_b
+            if D is not None:
+                acc_D = acc_D + dy * x
+                dx = dx + D * dy
+            o["dx"][t, :] = dx.astype(o["dx"].dtype)
+            o["ddt"][t, :] = ddt.astype(o["ddt"].dtype)
+        return tuple(adj), tuple(acc_A), acc_D, acc_bias
+
+    zeros_d = jnp.zeros((cfg.block_d,), _F32)
+    carry = (
+        tuple(r["dh"][k, :].astype(_F32) for k in range(n)),
+        tuple(jnp.zeros_like(A2[k]) for k in range(n)),
+        zeros_d if cfg.has_D else None,
+        zeros_d if cfg.has_bias else None,
+    )
+    adj, acc_A, acc_D, acc_bias = blocked_loop(length, U, load, body, carry, reverse_blocks=True)
+    for k in range(n):
+        o["dh0"][k, :] = adj[k]
+        o["dA"][k, :] = acc_A[k]
+    if cfg.has_D:
+        o["dD"][...] = acc_D
+    if cfg.has_bias:
+        o["dbias"][...] = acc_bias
+
+
 # ----------------------------------------------------------------------------------------
 # pallas_call wrappers
 # ----------------------------------------------------------------------------------------
@@ -269,15 +479,22 @@ def _spec_fns(cfg: _Config, d: int, length: int, n: int):
         "bc": pl.BlockSpec((None, length, None, n), lambda i, j: (i, 0, j // per_group, 0)),
         "chan": pl.BlockSpec((bd,), lambda i, j: (j,)),
         "chan_n": pl.BlockSpec((bd, n), lambda i, j: (j, 0)),
+        "n_chan": pl.BlockSpec((n, bd), lambda i, j: (0, j)),
+        "state_t": pl.BlockSpec((None, n, bd), lambda i, j: (i, 0, j)),
         "state": pl.BlockSpec((None, bd, n), lambda i, j: (i, j, 0)),
         "vec": pl.BlockSpec((None, bd), lambda i, j: (i, j)),
         "part": pl.BlockSpec((None, None, length, n), lambda i, j: (i, j, 0, 0)),
     }
 
 
-def _common_inputs(cfg: _Config, p: _Inputs, s):
-    args = [p.x, p.dt, p.A.astype(_F32) * _LOG2E, p.B, p.C]
-    specs = [s["seq"], s["seq"], s["chan_n"], s["bc"], s["bc"]]
+def _common_inputs(cfg: _Config, p: _Inputs, s, channel: bool = False):
+    A2 = p.A.astype(_F32) * _LOG2E
+    if channel:
+        args = [p.x, p.dt, A2.T, p.B, p.C]
+        specs = [s["seq"], s["seq"], s["n_chan"], s["bc"], s["bc"]]
+    else:
+        args = [p.x, p.dt, A2, p.B, p.C]
+        specs = [s["seq"], s["seq"], s["chan_n"], s["bc"], s["bc"]]
     for v, spec in ((p.D, s["chan"]), (p.z, s["seq"]), (p.dt_bias, s["chan"])):
         if v is not None:
             args.append(v.astype(_F32) if spec is s["chan"] else v)
@@ -285,32 +502,55 @@ def _common_inputs(cfg: _Config, p: _Inputs, s):
     return args, specs
 
 
+def _ckpt_channel(cfg: _Config) -> bool:
+    """Whether the forward writes the checkpoints as ``(b, n_ckpt, n, d)`` (else ``d, n``)."""
+    return cfg.layout == "channel" and cfg.bwd_layout == "channel"
+
+
 def _run_fwd(cfg: _Config, p: _Inputs, save: bool):
     b, length, d = p.x.shape
     n = p.A.shape[1]
     s = _spec_fns(cfg, d, length, n)
-    args, specs = _common_inputs(cfg, p, s)
-    args.append(p.h0)
-    specs.append(s["state"])
+    channel = cfg.layout == "channel"
+    args, specs = _common_inputs(cfg, p, s, channel=channel)
+    if channel:
+        args.append(jnp.swapaxes(p.h0, 1, 2))  # (b, n, d)
+        specs.append(s["state_t"])
+        kernel = functools.partial(_fwd_kernel_channel, cfg=cfg, length=length, save=save, n=n)
+        h_shape, h_spec = (b, n, d), s["state_t"]
+    else:
+        args.append(p.h0)
+        specs.append(s["state"])
+        kernel = functools.partial(_fwd_kernel, cfg=cfg, length=length, save=save)
+        h_shape, h_spec = (b, d, n), s["state"]
     out_shape = [
         jax.ShapeDtypeStruct((b, length, d), p.x.dtype),
-        jax.ShapeDtypeStruct((b, d, n), _F32),
+        jax.ShapeDtypeStruct(h_shape, _F32),
     ]
-    out_specs = [s["seq"], s["state"]]
+    out_specs = [s["seq"], h_spec]
     if save:
         n_ckpt = -(-length // cfg.unroll)
-        out_shape.append(jax.ShapeDtypeStruct((b, n_ckpt, d, n), _F32))
-        out_specs.append(pl.BlockSpec((None, n_ckpt, cfg.block_d, n), lambda i, j: (i, 0, j, 0)))
-    outs = pl.pallas_call(
-        functools.partial(_fwd_kernel, cfg=cfg, length=length, save=save),
-        out_shape=out_shape,
-        grid=(b, d // cfg.block_d),
-        in_specs=specs,
-        out_specs=out_specs,
-        compiler_params=_compiler_params(cfg),
-        interpret=cfg.interpret,
-        name="selective_scan_fwd",
-    )(*args)
+        bd = cfg.block_d
+        if _ckpt_channel(cfg):
+            out_shape.append(jax.ShapeDtypeStruct((b, n_ckpt, n, d), _F32))
+            out_specs.append(pl.BlockSpec((None, n_ckpt, n, bd), lambda i, j: (i, 0, 0, j)))
+        else:
+            out_shape.append(jax.ShapeDtypeStruct((b, n_ckpt, d, n), _F32))
+            out_specs.append(pl.BlockSpec((None, n_ckpt, bd, n), lambda i, j: (i, 0, j, 0)))
+    outs = list(
+        pl.pallas_call(
+            kernel,
+            out_shape=out_shape,
+            grid=(b, d // cfg.block_d),
+            in_specs=specs,
+            out_specs=out_specs,
+            compiler_params=_compiler_params(cfg),
+            interpret=cfg.interpret,
+            name=f"selective_scan_fwd_{cfg.layout}",
+        )(*args)
+    )
+    if channel:
+        outs[1] = jnp.swapaxes(outs[1], 1, 2)
     return outs
 
 
@@ -318,41 +558,53 @@ def _run_bwd(cfg: _Config, p: _Inputs, ckpt, dy, dh):
     b, length, d = p.x.shape
     n = p.A.shape[1]
     n_blocks = d // cfg.block_d
+    channel = cfg.layout == "channel"
     s = _spec_fns(cfg, d, length, n)
-    args, specs = _common_inputs(cfg, p, s)
+    args, specs = _common_inputs(cfg, p, s, channel=channel)
+    st = s["state_t"] if channel else s["state"]
+    if channel:
+        dh = jnp.swapaxes(dh, 1, 2)
+        ckpt_spec = pl.BlockSpec((None, ckpt.shape[1], n, cfg.block_d), lambda i, j: (i, 0, 0, j))
+    else:
+        ckpt_spec = pl.BlockSpec((None, ckpt.shape[1], cfg.block_d, n), lambda i, j: (i, 0, j, 0))
     args += [ckpt, dy.astype(p.x.dtype), dh.astype(_F32)]
-    specs += [
-        pl.BlockSpec((None, ckpt.shape[1], cfg.block_d, n), lambda i, j: (i, 0, j, 0)),
-        s["seq"],
-        s["state"],
-    ]
+    specs += [ckpt_spec, s["seq"], st]
     seq = lambda dtype: jax.ShapeDtypeStruct((b, length, d), dtype)
     part = jax.ShapeDtypeStruct((b, n_blocks, length, n), _F32)
+    st_shape = jax.ShapeDtypeStruct((b, n, d) if channel else (b, d, n), _F32)
     out_shape = [seq(p.x.dtype), seq(p.dt.dtype)]
     out_specs = [s["seq"], s["seq"]]
     if cfg.has_z:
         out_shape.append(seq(p.z.dtype))
         out_specs.append(s["seq"])
-    out_shape += [part, part, jax.ShapeDtypeStruct((b, d, n), _F32)]
-    out_specs += [s["part"], s["part"], s["state"]]
+    out_shape += [part, part, st_shape]
+    out_specs += [s["part"], s["part"], st]
     for present in (cfg.has_D, cfg.has_bias):
         if present:
             out_shape.append(jax.ShapeDtypeStruct((b, d), _F32))
             out_specs.append(s["vec"])
-    out_shape.append(jax.ShapeDtypeStruct((b, d, n), _F32))
-    out_specs.append(s["state"])
+    out_shape.append(st_shape)
+    out_specs.append(st)
+    if channel:
+        kernel = functools.partial(_bwd_kernel_channel, cfg=cfg, length=length, n=n)
+    else:
+        kernel = functools.partial(_bwd_kernel, cfg=cfg, length=length)
     outs = list(
         pl.pallas_call(
-            functools.partial(_bwd_kernel, cfg=cfg, length=length),
+            kernel,
             out_shape=out_shape,
             grid=(b, n_blocks),
             in_specs=specs,
             out_specs=out_specs,
             compiler_params=_compiler_params(cfg),
             interpret=cfg.interpret,
-            name="selective_scan_bwd",
+            name=f"selective_scan_bwd_{cfg.layout}",
         )(*args)
     )
+    if channel:  # dA and dh0 back to (b, d, n)
+        outs[-1] = jnp.swapaxes(outs[-1], 1, 2)
+        i_dA = 5 if cfg.has_z else 4
+        outs[i_dA] = jnp.swapaxes(outs[i_dA], 1, 2)
     dx, ddt = outs.pop(0), outs.pop(0)
     dz = outs.pop(0) if cfg.has_z else None
     dB_part, dC_part, dA_part = outs.pop(0), outs.pop(0), outs.pop(0)
@@ -391,7 +643,12 @@ def _scan_fwd(cfg: _Config, p: _Inputs):
 def _scan_bwd(cfg: _Config, residuals, cotangents):
     p, ckpt, h0 = residuals
     dy, dh = cotangents
-    g = _run_bwd(cfg, p._replace(h0=h0), ckpt, dy, dh)
+    if cfg.bwd_layout == "channel" and not _ckpt_channel(cfg):
+        ckpt = jnp.swapaxes(ckpt, 2, 3)
+    bwd_cfg = cfg._replace(
+        layout=cfg.bwd_layout, block_d=cfg.bwd_block_d, num_warps=cfg.bwd_num_warps
+    )
+    g = _run_bwd(bwd_cfg, p._replace(h0=h0), ckpt, dy, dh)
     cast = lambda v, like: None if like is None else v.astype(like.dtype)
     return (_Inputs(*(cast(gv, pv) for gv, pv in zip(g, p._replace(h0=h0), strict=True))),)
 
@@ -429,12 +686,22 @@ def selective_scan(
     h0: jax.Array | None = None,
     return_final_state: bool = False,
     interpret: bool = False,
+    layout: str = "channel",
     block_d: int | None = None,
-    unroll: int = 8,
+    unroll: int = 4,
     num_warps: int | None = None,
     num_stages: int = 1,
+    prefetch_bc: bool = False,
+    bwd_layout: str = "channel",
+    bwd_block_d: int | None = None,
+    bwd_num_warps: int | None = None,
 ):
     """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
+
+    Defaults (``layout="channel"``, ``bwd_layout="channel"``, ``unroll=4``,
+    ``prefetch_bc=False``) are the fastest forward+backward measured on the H100 at
+    (8, 4096, 4096, 16) bf16: 4.04 ms forward, 16.09 ms forward+backward (BENCHMARKS.md);
+    ``prefetch_bc=True`` spilled registers there (11.7 ms forward).
 
     Args:
       x, dt, z: ``(b, l, d)``, float32 or bfloat16 (``z`` optional).
@@ -445,9 +712,26 @@ def selective_scan(
       h0: initial state ``(b, d, n)``; zeros when ``None``.
       return_final_state: also return the final state ``(b, d, n)`` (float32).
       interpret: run in the Pallas interpreter (CPU tests).
-      block_d: channels per program (power of two, dividing ``d / g``); default 32.
+      layout: register layout of the *forward* kernel. ``"channel"`` (default): each
+        program holds its ``BD`` channels as 1-D vectors and the ``n`` states as ``n``
+        separate ``(BD,)`` vectors (one channel per thread when ``num_warps = BD / 32``),
+        ``B_t``/``C_t`` loaded as scalars, no reduction over ``n`` across threads.
+        ``"state"``: the original ``(BD, n)`` 2-D state block.
+      block_d: channels per forward program (power of two, dividing ``d / g``); default 64
+        for ``"channel"``, 32 for ``"state"`` (at ``n = 16``).
       unroll: time steps per block, which is also the checkpoint interval of the backward.
-      num_warps, num_stages: Triton launch parameters.
+      num_warps, num_stages: Triton launch parameters of the forward (``num_warps``
+        defaults to ``BD / 32`` for ``"channel"``, ``BD n / 128`` for ``"state"``).
+      prefetch_bc: ``"channel"`` only: also prefetch the next block's ``2 n unroll`` B/C
+        scalars (more registers); otherwise they are loaded inside the block.
+      bwd_layout: register layout of the backward kernel: ``"channel"`` (default; same
+        idea as the forward, holds ``~2 n unroll`` fp32 values per channel, so prefer a
+        smaller ``unroll``) or ``"state"``. Independent of ``layout``.
+      bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
+        with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
+        a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
+        ``n = 16``); a ``"channel"`` backward: 32 and ``BD / 32`` (one warp, so the
+        per-step ``dB``/``dC`` sums over channels are warp shuffles).
 
     Returns:
       ``y`` ``(b, l, d)`` in ``x.dtype``, or ``(y, h_last)``.
@@ -457,6 +741,9 @@ def selective_scan(
         before any work).
     """
     check_backend(interpret, "selective_scan")
+    for name, v in (("layout", layout), ("bwd_layout", bwd_layout)):
+        if v not in ("channel", "state"):
+            raise NotImplementedError(f"selective_scan kernel: {name}={v!r}")
     x, dt, A, B, C = (jnp.asarray(v) for v in (x, dt, A, B, C))
     b, length, d = x.shape
     n = A.shape[1]
@@ -474,22 +761,46 @@ def selective_scan(
     groups = g_b * g_c // math.gcd(g_b, g_c)
     if d % groups:
         raise NotImplementedError(f"selective_scan kernel: d={d} not divisible by g={groups}")
-    bd = pow2_divisor(d // groups, block_d or max(16, min(32, 512 // n)))
-    if block_d is not None and bd != block_d:
-        raise NotImplementedError(f"selective_scan kernel: block_d={block_d} must divide d/g")
-    if not interpret and bd < 16:
-        raise NotImplementedError(
-            f"selective_scan kernel: channel block {bd} < 16 (d/g={d // groups}) is untested"
-        )
+    state_default = max(16, min(32, 512 // n))
+
+    def resolve_bd(requested, default, name):
+        bd = pow2_divisor(d // groups, requested or default)
+        if requested is not None and bd != requested:
+            raise NotImplementedError(f"selective_scan kernel: {name}={requested} must divide d/g")
+        if not interpret and bd < 16:
+            raise NotImplementedError(
+                f"selective_scan kernel: channel block {bd} < 16 (d/g={d // groups}) is untested"
+            )
+        return bd
+
+    channel = layout == "channel"
+    bd = resolve_bd(block_d, 64 if channel else state_default, "block_d")
+    bwd_channel = bwd_layout == "channel"
+    # All-"state": the backward inherits the forward's launch config (the original kernel).
+    inherit = not channel and not bwd_channel
+    bwd_default = 32 if bwd_channel else (bd if inherit else state_default)
+    bwd_bd = resolve_bd(bwd_block_d, bwd_default, "bwd_block_d")
     if not is_pow2(unroll):
         raise NotImplementedError("selective_scan kernel: unroll must be a power of two")
     if b * length * d >= 2**31 or b * d * n * (-(-length // unroll)) >= 2**31:
         raise NotImplementedError("selective_scan kernel: more than 2**31 elements")
+    state_warps = lambda block: max(1, min(8, block * n // 128))
+    chan_warps = lambda block: max(1, min(8, block // 32))
+    fwd_warps = num_warps or (chan_warps(bd) if channel else state_warps(bd))
+    if inherit and bwd_block_d in (None, bd):
+        bwd_warps = fwd_warps
+    else:
+        bwd_warps = chan_warps(bwd_bd) if bwd_channel else state_warps(bwd_bd)
     cfg = _Config(
         block_d=bd,
         unroll=unroll,
-        num_warps=num_warps or max(1, min(8, bd * n // 128)),
+        num_warps=fwd_warps,
         num_stages=num_stages,
+        layout=layout,
+        prefetch_bc=bool(prefetch_bc),
+        bwd_layout=bwd_layout,
+        bwd_block_d=bwd_bd,
+        bwd_num_warps=bwd_num_warps or bwd_warps,
         groups=groups,
         softplus=bool(dt_softplus),
         has_D=D is not None,

@@ -4,7 +4,10 @@ Forward output, final state and the gradients w.r.t. every input (random cotange
 ``y`` and on the final state) are compared with ``ssmjax.ops.selective_scan(...,
 implementation="sequential")`` at odd lengths, with h0, grouped B/C (different group counts
 for B and C), with and without z / D / dt_bias / softplus, fp32 and bf16 I/O. ``unroll=4``
-makes the 33-step cases run the prefetching block loop plus a tail block.
+makes the 33-step cases run the prefetching block loop plus a tail block. Every case runs
+with the forward and backward register layouts (``layout`` / ``bwd_layout`` =
+``"channel"`` or ``"state"``) in the combinations below, and the channel layouts also
+without prefetching B/C and with different forward / backward channel blocks.
 """
 
 import jax
@@ -12,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import pallas_kernels.selective_scan as ssk
 from pallas_kernels.selective_scan import selective_scan as selective_scan_kernel
 from ssmjax.ops import selective_scan
 from ssmjax.ops.selective_scan import _auto_chain
@@ -52,13 +56,31 @@ def make_inputs(rng, dtype, length, groups, full, b=2, d=8, n=4):
     }
 
 
+LAYOUTS = {
+    "chan-state": {"layout": "channel"},
+    "state-state": {"layout": "state"},
+    "chan-chan": {"layout": "channel", "bwd_layout": "channel"},
+    "state-chan": {"layout": "state", "bwd_layout": "channel"},
+    "chan-chan-noprefetch": {
+        "layout": "channel",
+        "bwd_layout": "channel",
+        "prefetch_bc": False,
+        "block_d": 4,
+        "bwd_block_d": 2,
+    },
+}
+
+
+@pytest.mark.parametrize("opts", list(LAYOUTS.values()), ids=list(LAYOUTS))
 @pytest.mark.parametrize(("dtype", "length", "groups", "full", "unroll"), CASES)
-def test_matches_sequential(rng, dtype, length, groups, full, unroll):
+def test_matches_sequential(rng, dtype, length, groups, full, unroll, opts):
+    if opts.get("block_d") and 8 // max(groups) < opts["block_d"]:
+        opts = {**opts, "block_d": None, "bwd_block_d": None}
     args = make_inputs(rng, jnp.dtype(dtype), length, groups, full)
 
     def kernel(p):
         return selective_scan_kernel(
-            **p, dt_softplus=full, return_final_state=True, interpret=True, unroll=unroll
+            **p, dt_softplus=full, return_final_state=True, interpret=True, unroll=unroll, **opts
         )
 
     def reference(p):
@@ -87,6 +109,29 @@ def test_matches_sequential(rng, dtype, length, groups, full, unroll):
         assert_allclose(grads[name], grads_ref[name], dtype=tol, n=n, kind="grad", err_msg=name)
 
 
+@pytest.mark.parametrize(
+    "opts",
+    [{"layout": "channel", "bwd_layout": "channel", "prefetch_bc": False}, {"layout": "state"}],
+    ids=["channel", "state"],
+)
+def test_lowers_to_triton(rng, monkeypatch, opts):
+    """Forward and backward lower to Triton IR (cross-lowered for CUDA, no GPU needed).
+
+    Catches primitives or indexing the Pallas-Triton lowering rejects (slices of loaded
+    values, non-power-of-two blocks, ...), which interpret mode does not.
+    """
+    monkeypatch.setattr(ssk, "check_backend", lambda *a: None)
+    args = make_inputs(rng, jnp.bfloat16, 8, (1, 2), True, d=64, n=16)
+
+    def f(p):
+        return ssk.selective_scan(**p, dt_softplus=True, unroll=4, block_d=32, **opts)
+
+    grad = jax.grad(lambda p: jnp.sum(f(p).astype(jnp.float32)))
+    for fn in (f, grad):
+        text = jax.jit(fn).trace(args).lower(lowering_platforms=("cuda",)).as_text()
+        assert "triton" in text
+
+
 def test_through_the_dispatcher(rng):
     args = make_inputs(rng, jnp.float32, 5, (1, 1), True)
     out = selective_scan(**args, dt_softplus=True, implementation="pallas")
@@ -110,5 +155,9 @@ def test_fail_closed(rng):
     bad_n = {**args, "A": args["A"][:, :3], "B": args["B"][..., :3], "C": args["C"][..., :3]}
     with pytest.raises(NotImplementedError, match="power of two"):
         selective_scan_kernel(**bad_n, interpret=True)
+    with pytest.raises(NotImplementedError, match="layout"):
+        selective_scan_kernel(**args, interpret=True, layout="rows")
+    with pytest.raises(NotImplementedError, match="bwd_layout"):
+        selective_scan_kernel(**args, interpret=True, bwd_layout="rows")
     with pytest.raises(NotImplementedError, match="dtype"):
         selective_scan_kernel(**{**args, "x": args["x"].astype(jnp.float16)}, interpret=True)
