@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssmjax.data import cifar, iterate_batches, mnist
 from ssmjax.data import images as im
-from ssmjax.data import iterate_batches
 from ssmjax.data.download import ChecksumError, DownloadError
 from ssmjax.data.registry import load
 
@@ -65,9 +65,9 @@ def cifar_mirror(tmp_path, monkeypatch):
     archive.parent.mkdir()
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    monkeypatch.setattr(im, "CIFAR10_MIRRORS", (archive.as_uri(),))
-    monkeypatch.setattr(im, "CIFAR10_MD5", md5(archive))
-    monkeypatch.setattr(im, "CIFAR10_FILE_MD5", {
+    monkeypatch.setattr(cifar, "CIFAR10_MIRRORS", (archive.as_uri(),))
+    monkeypatch.setattr(cifar, "CIFAR10_MD5", md5(archive))
+    monkeypatch.setattr(cifar, "CIFAR10_FILE_MD5", {
         p.name: md5(p) for p in sorted((src / "cifar-10-batches-py").iterdir())
     })  # fmt: skip
     return batches
@@ -175,10 +175,10 @@ def test_cifar_errors(tmp_path, cifar_mirror, monkeypatch):
     assert "cifar-10-batches-py" in message and "data_batch_1" in message
     assert "test_batch" in message and im.CIFAR10_ARCHIVE in message
     assert str(tmp_path / "none") in message
-    monkeypatch.setattr(im, "CIFAR10_MD5", "0" * 32)
+    monkeypatch.setattr(cifar, "CIFAR10_MD5", "0" * 32)
     with pytest.raises(ChecksumError):
         im.load_image(tmp_path / "bad", progress=False)
-    monkeypatch.setattr(im, "CIFAR10_MIRRORS", (f"{DEAD}/{im.CIFAR10_ARCHIVE}",))
+    monkeypatch.setattr(cifar, "CIFAR10_MIRRORS", (f"{DEAD}/{im.CIFAR10_ARCHIVE}",))
     with pytest.raises(DownloadError, match=im.CIFAR10_ARCHIVE):
         im.load_image(tmp_path / "offline", progress=False)
 
@@ -228,8 +228,8 @@ def mnist_mirror(tmp_path, monkeypatch):
     files = {}
     for role, (name, _, _) in im.MNIST_FILES.items():
         files[role] = (name, (served / name).stat().st_size, sha256(served / name))
-    monkeypatch.setattr(im, "MNIST_FILES", files)
-    monkeypatch.setattr(im, "MNIST_MIRRORS", (f"{DEAD}/", served.as_uri() + "/"))
+    monkeypatch.setattr(mnist, "MNIST_FILES", files)
+    monkeypatch.setattr(mnist, "MNIST_MIRRORS", (f"{DEAD}/", served.as_uri() + "/"))
     return arrays
 
 
@@ -318,7 +318,7 @@ def test_mnist_errors(tmp_path, mnist_mirror, monkeypatch):
         im.load_smnist(tmp_path / "partial", progress=False)
     ds = im.load_smnist(tmp_path / "partial", verify=False, cache=False, progress=False)
     assert len(ds.test) == 8 and "not checked" in ds.info["checksum"]
-    monkeypatch.setattr(im, "MNIST_MIRRORS", (f"{DEAD}/",))
+    monkeypatch.setattr(mnist, "MNIST_MIRRORS", (f"{DEAD}/",))
     with pytest.raises(DownloadError, match=r"train-images-idx3-ubyte\.gz"):
         im.load_smnist(tmp_path / "offline", progress=False)
 
