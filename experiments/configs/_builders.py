@@ -200,3 +200,63 @@ def select(name: str, arg: str | None, builders: dict) -> Config:
         )
     config = builders[model]()
     return smoke(config) if is_smoke else config
+
+
+def variants(
+    task: str,
+    data: DataConfig,
+    s5: S5Row,
+    s4: S4Row,
+    *,
+    lru_epochs: int,
+    selective_epochs: int,
+    selective_batch: int = 32,
+) -> dict:
+    """The six model variants of a task, from its S5 and S4 rows (LRU and Mamba/GLA as
+    documented in :func:`lru_config` and :func:`selective_config`)."""
+    return {
+        "s5": lambda: s5_config(f"{task}-s5", data, s5),
+        "s4": lambda: s4_config(f"{task}-s4", data, s4),
+        "s4d": lambda: s4_config(f"{task}-s4d", data, s4, layer="s4d"),
+        "lru": lambda: lru_config(f"{task}-lru", data, epochs=lru_epochs),
+        "mamba": lambda: selective_config(
+            f"{task}-mamba", data, "mamba", epochs=selective_epochs, batch=selective_batch
+        ),
+        "gla": lambda: selective_config(
+            f"{task}-gla", data, "gla", epochs=selective_epochs, batch=selective_batch
+        ),
+    }
+
+
+def image_rows(epochs: int) -> tuple[S5Row, S4Row]:
+    """The LRA Image rows of S5 and S4 with another number of epochs (the sequential-image
+    tasks reuse them: their own settings are not in the reference tables)."""
+    s5 = S5Row(
+        depth=6,
+        d_model=512,
+        ssm_size=384,
+        blocks=3,
+        batch=50,
+        ssm_lr=1e-3,
+        lr=4.5e-3,
+        wd=0.07,
+        epochs=epochs,
+        dropout=0.1,
+        c_init="lecun_normal",
+        activation="half_glu1",
+        preset="BfastandCdecay",
+        clip_eigs=True,
+    )
+    s4 = S4Row(
+        depth=6,
+        d_model=512,
+        d_state=64,
+        prenorm=False,
+        dropout=0.1,
+        batch=50,
+        lr=0.01,
+        wd=0.05,
+        epochs=epochs,
+        dt_global=False,
+    )
+    return s5, s4

@@ -5,15 +5,7 @@ Variants: s5 s4 s4d lru mamba gla, each with ``_smoke``. Published targets (test
 S5 62.15, S4 59.60, LRU 60.2 (models.md section 2).
 """
 
-from experiments.configs._builders import (
-    S4Row,
-    S5Row,
-    lru_config,
-    s4_config,
-    s5_config,
-    select,
-    selective_config,
-)
+from experiments.configs._builders import S4Row, S5Row, select, variants
 from ssmjax.train import DataConfig
 
 DATA = DataConfig(name="listops", kwargs={"variant": "lra"}, buckets=(512, 1024, 1536, 2000))
@@ -51,12 +43,5 @@ def get_config(arg=None):
     return select(
         "listops",
         arg,
-        {
-            "s5": lambda: s5_config("listops-s5", DATA, S5),
-            "s4": lambda: s4_config("listops-s4", DATA, S4),
-            "s4d": lambda: s4_config("listops-s4d", DATA, S4, layer="s4d"),
-            "lru": lambda: lru_config("listops-lru", DATA, epochs=40),
-            "mamba": lambda: selective_config("listops-mamba", DATA, "mamba", epochs=40),
-            "gla": lambda: selective_config("listops-gla", DATA, "gla", epochs=40),
-        },
+        variants("listops", DATA, S5, S4, lru_epochs=40, selective_epochs=40, selective_batch=32),
     )

@@ -5,15 +5,7 @@ Variants: s5 s4 s4d lru mamba gla, each with ``_smoke``. Published targets (test
 S5 95.33, S4 94.20, LRU 95.1.
 """
 
-from experiments.configs._builders import (
-    S4Row,
-    S5Row,
-    lru_config,
-    s4_config,
-    s5_config,
-    select,
-    selective_config,
-)
+from experiments.configs._builders import S4Row, S5Row, select, variants
 from ssmjax.train import DataConfig
 
 DATA = DataConfig(name="pathfinder", kwargs={"resolution": 32})
@@ -52,12 +44,7 @@ def get_config(arg=None):
     return select(
         "pathfinder",
         arg,
-        {
-            "s5": lambda: s5_config("pathfinder-s5", DATA, S5),
-            "s4": lambda: s4_config("pathfinder-s4", DATA, S4),
-            "s4d": lambda: s4_config("pathfinder-s4d", DATA, S4, layer="s4d"),
-            "lru": lambda: lru_config("pathfinder-lru", DATA, epochs=200),
-            "mamba": lambda: selective_config("pathfinder-mamba", DATA, "mamba", epochs=200),
-            "gla": lambda: selective_config("pathfinder-gla", DATA, "gla", epochs=200),
-        },
+        variants(
+            "pathfinder", DATA, S5, S4, lru_epochs=200, selective_epochs=200, selective_batch=32
+        ),
     )

@@ -4,15 +4,7 @@ Variants: s5 s4 s4d lru mamba gla, each with ``_smoke``. Published targets (test
 S5 98.58, S4 96.35, LRU 94.2. dt_min is 1e-4 as in S4 and S5.
 """
 
-from experiments.configs._builders import (
-    S4Row,
-    S5Row,
-    lru_config,
-    s4_config,
-    s5_config,
-    select,
-    selective_config,
-)
+from experiments.configs._builders import S4Row, S5Row, select, variants
 from ssmjax.train import DataConfig
 
 DATA = DataConfig(name="pathx", kwargs={})
@@ -53,12 +45,5 @@ def get_config(arg=None):
     return select(
         "pathx",
         arg,
-        {
-            "s5": lambda: s5_config("pathx-s5", DATA, S5),
-            "s4": lambda: s4_config("pathx-s4", DATA, S4),
-            "s4d": lambda: s4_config("pathx-s4d", DATA, S4, layer="s4d"),
-            "lru": lambda: lru_config("pathx-lru", DATA, epochs=50),
-            "mamba": lambda: selective_config("pathx-mamba", DATA, "mamba", epochs=50, batch=16),
-            "gla": lambda: selective_config("pathx-gla", DATA, "gla", epochs=50, batch=16),
-        },
+        variants("pathx", DATA, S5, S4, lru_epochs=50, selective_epochs=50, selective_batch=16),
     )

@@ -4,15 +4,7 @@ Needs ``lra_release/tsv_data`` (not redistributable). Variants: s5 s4 s4d lru ma
 each with ``_smoke``. Published targets (test %): S5 91.40, S4 90.90, LRU 89.9.
 """
 
-from experiments.configs._builders import (
-    S4Row,
-    S5Row,
-    lru_config,
-    s4_config,
-    s5_config,
-    select,
-    selective_config,
-)
+from experiments.configs._builders import S4Row, S5Row, select, variants
 from ssmjax.train import DataConfig
 
 DATA = DataConfig(name="retrieval", kwargs={"variant": "lra"}, buckets=(1024, 2048, 4000))
@@ -50,12 +42,5 @@ def get_config(arg=None):
     return select(
         "retrieval",
         arg,
-        {
-            "s5": lambda: s5_config("retrieval-s5", DATA, S5),
-            "s4": lambda: s4_config("retrieval-s4", DATA, S4),
-            "s4d": lambda: s4_config("retrieval-s4d", DATA, S4, layer="s4d"),
-            "lru": lambda: lru_config("retrieval-lru", DATA, epochs=20),
-            "mamba": lambda: selective_config("retrieval-mamba", DATA, "mamba", epochs=20),
-            "gla": lambda: selective_config("retrieval-gla", DATA, "gla", epochs=20),
-        },
+        variants("retrieval", DATA, S5, S4, lru_epochs=20, selective_epochs=20, selective_batch=32),
     )

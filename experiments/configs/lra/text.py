@@ -4,15 +4,7 @@ Variants: s5 s4 s4d lru mamba gla, each with ``_smoke``. Published targets (test
 S5 89.31, S4 86.82, LRU 89.4 (models.md section 2).
 """
 
-from experiments.configs._builders import (
-    S4Row,
-    S5Row,
-    lru_config,
-    s4_config,
-    s5_config,
-    select,
-    selective_config,
-)
+from experiments.configs._builders import S4Row, S5Row, select, variants
 from ssmjax.train import DataConfig
 
 DATA = DataConfig(name="text", kwargs={"variant": "lra"}, buckets=(1024, 2048, 4096))
@@ -51,12 +43,5 @@ def get_config(arg=None):
     return select(
         "text",
         arg,
-        {
-            "s5": lambda: s5_config("text-s5", DATA, S5),
-            "s4": lambda: s4_config("text-s4", DATA, S4),
-            "s4d": lambda: s4_config("text-s4d", DATA, S4, layer="s4d"),
-            "lru": lambda: lru_config("text-lru", DATA, epochs=35),
-            "mamba": lambda: selective_config("text-mamba", DATA, "mamba", epochs=32, batch=16),
-            "gla": lambda: selective_config("text-gla", DATA, "gla", epochs=32, batch=16),
-        },
+        variants("text", DATA, S5, S4, lru_epochs=35, selective_epochs=32, selective_batch=16),
     )
