@@ -197,7 +197,7 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None) -> dic
                 f"loss became {mean['loss']} by step {step}; the last good checkpoint "
                 f"(step {ckpt.latest_step() if ckpt else 'none'}) is kept"
             )
-        lrs = current_learning_rates(state[1]["opt_state"]) if n_dev else {}
+        lrs = current_learning_rates(state[1]["opt_state"])
         writer.write(step, "train", {**mean, **{f"lr_{k}": v for k, v in lrs.items()}})
         bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}", **last_eval)
         pending.clear()
