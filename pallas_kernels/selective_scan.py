@@ -12,8 +12,8 @@ for the whole channel block*, computes ``exp2(dt * A log2 e)`` (``A`` is pre-sca
 state update, the contraction with ``C``, ``D`` and the gate, and writes only ``y``: the
 ``(b, l, d, n)`` state never reaches HBM. Steps run in blocks of ``unroll`` with the next
 block's rows prefetched (:func:`pallas_kernels._common.blocked_loop`). When differentiated,
-the forward also writes the state at the start of every block (``l / unroll`` checkpoints,
-``(b, ceil(l / unroll), d, n)`` fp32).
+the forward also writes the state every ``bwd_unroll`` steps (``l / bwd_unroll``
+checkpoints, ``(b, ceil(l / bwd_unroll), d, n)`` fp32; ``bwd_unroll`` divides ``unroll``).
 
 Two register layouts (``layout=`` for the forward, ``bwd_layout=`` for the backward):
 
@@ -23,16 +23,18 @@ Two register layouts (``layout=`` for the forward, ``bwd_layout=`` for the backw
 * ``"channel"`` -- the channels are ``(BD,)`` vectors (one channel per thread with the
   default ``num_warps = BD / 32``) and the state is ``n`` separate ``(BD,)`` vectors (the
   ``n`` loop unrolled in Python); ``B_t[k]``, ``C_t[k]`` are scalar loads, ``A`` comes
-  transposed ``(n, d)`` so column ``k`` is a ``(BD,)`` load, and every sum over ``n`` is a
-  chain of per-thread FMAs. ``h0``/final state travel as ``(b, n, d)`` (transposed
-  outside); the backward's checkpoints are ``(b, n_ckpt, n, d)`` when both kernels use
-  this layout.
+  transposed ``(n, d)`` so column ``k`` is a ``(BD,)`` load, and every sum over ``n`` is
+  per-thread (a pairwise sum, dependency depth ``log2 n``). ``h0``/final state travel as
+  ``(b, n, d)`` (transposed outside); the backward's checkpoints are ``(b, n_ckpt, n, d)``
+  when both kernels use this layout. ``block_d / (32 num_warps)`` channels per thread:
+  more than one gives each thread independent chains (instruction-level parallelism) and
+  shares the scalar ``B_t``/``C_t`` loads between them.
 
-Defaults: ``layout="channel"``, ``bwd_layout="state"`` (the channel backward holds
-``~2 n unroll`` fp32 values per thread).
+Defaults: see :func:`selective_scan` (the channel backward holds ``~2 n bwd_unroll`` fp32
+values per thread, so its block is short).
 
 Backward kernel: same grid, blocks last-first. Per block it reloads the checkpoint,
-recomputes the block's ``unroll`` states and decays *in registers* (fully unrolled, so no
+recomputes the block's ``bwd_unroll`` states and decays *in registers* (fully unrolled, so no
 state goes to HBM and no exp is recomputed twice), then runs the adjoint recurrence
 ``adj_t = C_t dy_t + exp(dt_{t+1} A) adj_{t+1}`` backwards through the block and writes
 ``dx``, ``ddt`` (through the softplus), ``dz``, and per-program partial ``dB_t``, ``dC_t``
@@ -61,7 +63,8 @@ _IO_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 class _Config(NamedTuple):
     block_d: int
-    unroll: int
+    unroll: int  # steps per loaded block of this kernel
+    ckpt_every: int  # checkpoint interval = the backward's block length (divides unroll)
     num_warps: int
     num_stages: int
     layout: str  # forward layout: "channel" or "state"
@@ -95,6 +98,15 @@ def _softplus(v):
 
 def _sigmoid(v):
     return 1.0 / (1.0 + jnp.exp(-v))
+
+
+def _tree_sum(terms):
+    """Pairwise sum of a list of arrays (dependency depth ``log2(len)``, not ``len``)."""
+    terms = list(terms)
+    while len(terms) > 1:
+        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
+    return terms[0]
 
 
 def _compiler_params(cfg: _Config):
@@ -174,10 +186,12 @@ def _fwd_kernel(*refs, cfg: _Config, length: int, save: bool):
     def load(start, count):
         return _load_rows(r, start, count)
 
+    K = cfg.ckpt_every
+
     def body(start, rows, h):
-        if save:
-            ckpt_ref[block_index(start, U), :, :] = h
         for u, row in enumerate(rows):
+            if save and u % K == 0:
+                ckpt_ref[block_index(start, K) + u // K, :, :] = h
             x, _, _, dA, dtx = _discretize(row, A2, bias, cfg.softplus)
             B = row["B"].astype(_F32)
             C = row["C"].astype(_F32)
@@ -235,17 +249,19 @@ def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
     def load(start, count):
         return _load_rows_channel(r, start, count, n, cfg.prefetch_bc)
 
+    K = cfg.ckpt_every
+
     def body(start, rows, h):
         h = list(h)
-        if save:
-            blk = block_index(start, U)
-            for k in range(n):
-                if _ckpt_channel(cfg):
-                    ckpt_ref[blk, k, :] = h[k]
-                else:
-                    ckpt_ref[blk, :, k] = h[k]
         for u, row in enumerate(rows):
             t = start + u
+            if save and u % K == 0:
+                blk = block_index(start, K) + u // K
+                for k in range(n):
+                    if _ckpt_channel(cfg):
+                        ckpt_ref[blk, k, :] = h[k]
+                    else:
+                        ckpt_ref[blk, :, k] = h[k]
             x = row["x"].astype(_F32)
             dt = row["dt"].astype(_F32)
             if bias is not None:
@@ -258,11 +274,9 @@ def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
             else:
                 Bs = [r["B"][t, k] for k in range(n)]
                 Cs = [r["C"][t, k] for k in range(n)]
-            y = None
             for k in range(n):
                 h[k] = jnp.exp2(dt * A2[k]) * h[k] + dtx * Bs[k].astype(_F32)
-                term = h[k] * Cs[k].astype(_F32)
-                y = term if y is None else y + term
+            y = _tree_sum(h[k] * Cs[k].astype(_F32) for k in range(n))
             if D is not None:
                 y = y + D * x
             if cfg.has_z:
@@ -415,28 +429,24 @@ def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
             dy = row["dy"].astype(_F32)
             if cfg.has_z:
                 z = row["z"].astype(_F32)
-                y_pre = h[0] * Cs[0]
-                for k in range(1, n):
-                    y_pre = y_pre + h[k] * Cs[k]
+                y_pre = _tree_sum(h[k] * Cs[k] for k in range(n))
                 if D is not None:
                     y_pre = y_pre + D * x
                 sig = _sigmoid(z)
                 o["dz"][t, :] = (dy * y_pre * sig * (1.0 + z * (1.0 - sig))).astype(o["dz"].dtype)
                 dy = dy * (z * sig)
-            adj_b = None
-            dda = None
+            adj_b_terms, dda_terms = [], []
             for k in range(n):
                 adj[k] = adj[k] + dy * Cs[k]
                 o["dC"][t, k] = jnp.sum(dy * h[k])
                 o["dB"][t, k] = jnp.sum(adj[k] * dtx)
-                term = adj[k] * Bs[k]
-                adj_b = term if adj_b is None else adj_b + term
+                adj_b_terms.append(adj[k] * Bs[k])
                 da_a = adj[k] * h_prev[k] * dA[k]  # dL/d(dt A)
                 acc_A[k] = acc_A[k] + da_a * dt
-                term = da_a * A[k]
-                dda = term if dda is None else dda + term
+                dda_terms.append(da_a * A[k])
                 adj[k] = adj[k] * dA[k]
-            ddt = x * adj_b + dda
+            adj_b = _tree_sum(adj_b_terms)
+            ddt = x * adj_b + _tree_sum(dda_terms)
             if cfg.softplus:
                 ddt = ddt * _sigmoid(dt_pre)
             if acc_bias is not None:
@@ -529,7 +539,7 @@ def _run_fwd(cfg: _Config, p: _Inputs, save: bool):
     ]
     out_specs = [s["seq"], h_spec]
     if save:
-        n_ckpt = -(-length // cfg.unroll)
+        n_ckpt = -(-length // cfg.ckpt_every)
         bd = cfg.block_d
         if _ckpt_channel(cfg):
             out_shape.append(jax.ShapeDtypeStruct((b, n_ckpt, n, d), _F32))
@@ -646,7 +656,10 @@ def _scan_bwd(cfg: _Config, residuals, cotangents):
     if cfg.bwd_layout == "channel" and not _ckpt_channel(cfg):
         ckpt = jnp.swapaxes(ckpt, 2, 3)
     bwd_cfg = cfg._replace(
-        layout=cfg.bwd_layout, block_d=cfg.bwd_block_d, num_warps=cfg.bwd_num_warps
+        layout=cfg.bwd_layout,
+        block_d=cfg.bwd_block_d,
+        num_warps=cfg.bwd_num_warps,
+        unroll=cfg.ckpt_every,
     )
     g = _run_bwd(bwd_cfg, p._replace(h0=h0), ckpt, dy, dh)
     cast = lambda v, like: None if like is None else v.astype(like.dtype)
@@ -689,6 +702,7 @@ def selective_scan(
     layout: str = "channel",
     block_d: int | None = None,
     unroll: int = 4,
+    bwd_unroll: int | None = None,
     num_warps: int | None = None,
     num_stages: int = 1,
     prefetch_bc: bool = False,
@@ -698,9 +712,10 @@ def selective_scan(
 ):
     """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
 
-    Defaults (``layout="channel"``, ``bwd_layout="channel"``, ``unroll=4``,
-    ``prefetch_bc=False``) are the fastest forward+backward measured on the H100 at
-    (8, 4096, 4096, 16) bf16: 4.04 ms forward, 16.09 ms forward+backward (BENCHMARKS.md);
+    Defaults (``layout="channel"``, 64 channels and 2 warps per forward program,
+    ``unroll=4``; ``bwd_layout="channel"``, 32 channels and 1 warp per backward program,
+    ``bwd_unroll=2``; ``prefetch_bc=False``) are the fastest measured on the H100 at
+    (8, 4096, 4096, 16) bf16 (``experiments/bench/layouts.py``, BENCHMARKS.md);
     ``prefetch_bc=True`` spilled registers there (11.7 ms forward).
 
     Args:
@@ -719,7 +734,12 @@ def selective_scan(
         ``"state"``: the original ``(BD, n)`` 2-D state block.
       block_d: channels per forward program (power of two, dividing ``d / g``); default 64
         for ``"channel"``, 32 for ``"state"`` (at ``n = 16``).
-      unroll: time steps per block, which is also the checkpoint interval of the backward.
+      unroll: time steps per loaded block of the forward kernel.
+      bwd_unroll: time steps per block of the backward kernel, which is also the interval
+        at which the differentiated forward saves the state (``(b, l / bwd_unroll, d, n)``
+        fp32 checkpoints); must divide ``unroll``. Default: 2 for the ``"channel"``
+        backward (4 holds ``~2 n 4`` fp32 values per thread and spills: 16.1 vs 10.9 ms
+        forward+backward on the H100), ``unroll`` for the ``"state"`` backward.
       num_warps, num_stages: Triton launch parameters of the forward (``num_warps``
         defaults to ``BD / 32`` for ``"channel"``, ``BD n / 128`` for ``"state"``).
       prefetch_bc: ``"channel"`` only: also prefetch the next block's ``2 n unroll`` B/C
@@ -780,9 +800,15 @@ def selective_scan(
     inherit = not channel and not bwd_channel
     bwd_default = 32 if bwd_channel else (bd if inherit else state_default)
     bwd_bd = resolve_bd(bwd_block_d, bwd_default, "bwd_block_d")
-    if not is_pow2(unroll):
+    if bwd_unroll is None:  # the channel backward spills registers beyond 2 steps
+        bwd_unroll = min(unroll, 2) if bwd_layout == "channel" else unroll
+    if not is_pow2(unroll) or not is_pow2(bwd_unroll):
         raise NotImplementedError("selective_scan kernel: unroll must be a power of two")
-    if b * length * d >= 2**31 or b * d * n * (-(-length // unroll)) >= 2**31:
+    if unroll % bwd_unroll:
+        raise NotImplementedError(
+            f"selective_scan kernel: bwd_unroll={bwd_unroll} must divide unroll={unroll}"
+        )
+    if b * length * d >= 2**31 or b * d * n * (-(-length // bwd_unroll)) >= 2**31:
         raise NotImplementedError("selective_scan kernel: more than 2**31 elements")
     state_warps = lambda block: max(1, min(8, block * n // 128))
     chan_warps = lambda block: max(1, min(8, block // 32))
@@ -794,6 +820,7 @@ def selective_scan(
     cfg = _Config(
         block_d=bd,
         unroll=unroll,
+        ckpt_every=bwd_unroll,
         num_warps=fwd_warps,
         num_stages=num_stages,
         layout=layout,

@@ -27,8 +27,8 @@ Implementations behind the ``implementation=`` switch (see :mod:`ssmjax.ops._dis
 
 * ``"pallas"`` — the fused Pallas-Triton kernel of :mod:`pallas_kernels.selective_scan`
   (forward and backward; the state stays in registers, the backward keeps one state per
-  ``unroll`` steps). On a machine without a GPU an explicit request runs it in the Pallas
-  interpreter (slow; for tests).
+  ``bwd_unroll`` steps, 2 by default). On a machine without a GPU an explicit request
+  runs it in the Pallas interpreter (slow; for tests).
 
 The automatic choice (``implementation=None``) is ``"associative"`` for sequences of at
 most :data:`AUTO_CHUNKED_MIN_LENGTH` steps and ``"chunked"`` above, preceded on a GPU by

@@ -7,7 +7,8 @@ for B and C), with and without z / D / dt_bias / softplus, fp32 and bf16 I/O. ``
 makes the 33-step cases run the prefetching block loop plus a tail block. Every case runs
 with the forward and backward register layouts (``layout`` / ``bwd_layout`` =
 ``"channel"`` or ``"state"``) in the combinations below, and the channel layouts also
-without prefetching B/C and with different forward / backward channel blocks.
+without prefetching B/C, with different forward / backward channel blocks, and with a
+backward block (checkpoint interval ``bwd_unroll``) shorter than the forward's.
 """
 
 import jax
@@ -68,6 +69,9 @@ LAYOUTS = {
         "block_d": 4,
         "bwd_block_d": 2,
     },
+    # Forward blocks longer than the backward's (checkpoints every bwd_unroll steps).
+    "chan-chan-bwd2": {"layout": "channel", "bwd_layout": "channel", "bwd_unroll": 2},
+    "state-state-bwd2": {"layout": "state", "bwd_unroll": 2},
 }
 
 
@@ -161,3 +165,5 @@ def test_fail_closed(rng):
         selective_scan_kernel(**args, interpret=True, bwd_layout="rows")
     with pytest.raises(NotImplementedError, match="dtype"):
         selective_scan_kernel(**{**args, "x": args["x"].astype(jnp.float16)}, interpret=True)
+    with pytest.raises(NotImplementedError, match="must divide unroll"):
+        selective_scan_kernel(**args, interpret=True, unroll=2, bwd_unroll=4)
