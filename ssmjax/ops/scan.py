@@ -9,7 +9,9 @@ One public function, :func:`linear_recurrence`, with several implementations beh
 * ``"chunked"`` — ``lax.scan`` over chunks of ``chunk_size`` steps with an associative scan
   inside each chunk: the same depth per chunk, no ``(levels, b, l, *s)`` intermediates, and
   a small compiled program.
-* ``"pallas"`` — a GPU kernel, added by :mod:`pallas_kernels`.
+* ``"pallas"`` — a GPU kernel, added by :mod:`pallas_kernels`. A time-invariant ``a``
+  (``(*s)`` or ``(b, *s)``, with no ``reset``) reaches it un-broadcast, and the kernel
+  never materialises a ``(b, l, *s)`` copy of it.
 
 The associative and chunked forms share one custom VJP: the gradient of a linear
 recurrence is the same recurrence run the other way over the output cotangents, so only
@@ -28,6 +30,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ssmjax.ops._dispatch import dispatch, on_gpu
@@ -143,15 +146,23 @@ _recurrence_vjp.defvjp(_recurrence_fwd, _recurrence_bwd)
 # ----------------------------------------------------------------------------------------
 
 
+# The `_impl_*` entry points take `a` of rank b.ndim with size-1 axes not yet broadcast
+# (e.g. (1, 1, *s) for a time-invariant decay): the XLA forms broadcast it themselves, the
+# Pallas kernel keeps a time-invariant `a` compact.
+
+
 def _impl_sequential(a, b, h0, reverse, chunk_size):
+    a = jnp.broadcast_to(a, b.shape)
     return _sequential(a, b, h0, reverse=reverse)
 
 
 def _impl_associative(a, b, h0, reverse, chunk_size):
+    a = jnp.broadcast_to(a, b.shape)
     return _recurrence_vjp(_associative, a, b, h0, reverse)
 
 
 def _impl_chunked(a, b, h0, reverse, chunk_size):
+    a = jnp.broadcast_to(a, b.shape)
     return _recurrence_vjp(_chunked_fn(chunk_size), a, b, h0, reverse)
 
 
@@ -162,6 +173,8 @@ def _chunked_fn(chunk_size: int):
 
 
 def _impl_pallas(a, b, h0, reverse, chunk_size):
+    # `a` passes through un-broadcast: a time-invariant (Ba, 1, *s) decay takes the kernel's
+    # compact path (no (b, l, *s) copy of `a`).
     try:
         from pallas_kernels import linear_scan as _kernel
     except ImportError as e:  # the kernel module is added by a later release
@@ -195,8 +208,20 @@ def _compute_dtype(*xs) -> jnp.dtype:
     return jnp.result_type(dtype, jnp.float32)
 
 
-def _broadcast_a(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Brings ``a`` to the shape of ``b`` following the documented broadcasting rules."""
+def _expand_a(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Brings ``a`` to rank ``b.ndim`` by the documented rules, without broadcasting.
+
+    Args:
+      a: ``(b, l, *s)`` (any axis may be 1), ``(b, *s)`` or ``(*s)``.
+      b: the inputs, ``(b, l, *s)``.
+
+    Returns:
+      ``a`` of rank ``b.ndim``, e.g. ``(1, 1, *s)`` for ``(*s)`` and ``(b, 1, *s)`` for
+      ``(b, *s)``, that broadcasts to ``b.shape``.
+
+    Raises:
+      ValueError: ``a`` has another rank or does not broadcast to ``b.shape``.
+    """
     n_state = b.ndim - 2
     if a.ndim == n_state:  # time-invariant, shared over the batch: (*s)
         a = a[None, None]
@@ -208,9 +233,12 @@ def _broadcast_a(a: jax.Array, b: jax.Array) -> jax.Array:
             f"got a of shape {a.shape}"
         )
     try:
-        return jnp.broadcast_to(a, b.shape)
-    except ValueError as e:
-        raise ValueError(f"a of shape {a.shape} does not broadcast to b {b.shape}") from e
+        ok = np.broadcast_shapes(a.shape, b.shape) == b.shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"a of shape {a.shape} does not broadcast to b {b.shape}")
+    return a
 
 
 def linear_recurrence(
@@ -271,7 +299,8 @@ def linear_recurrence(
             raise ValueError(f"h0 must have shape {state_shape} (b, *s); got {h0.shape}")
     out_dtype = jnp.result_type(a, b) if h0 is None else jnp.result_type(a, b, h0)
     dtype = _compute_dtype(a, b) if h0 is None else _compute_dtype(a, b, h0)
-    a = _broadcast_a(a, b).astype(dtype)
+    # Rank b.ndim, size-1 axes kept: each implementation broadcasts (or not) itself.
+    a = _expand_a(a, b).astype(dtype)
     b = b.astype(dtype)
     h0 = jnp.zeros(state_shape, dtype) if h0 is None else h0.astype(dtype)
     if reset is not None:
