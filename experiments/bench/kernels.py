@@ -3,9 +3,10 @@
 Tables (median ms after warm-up; forward, and forward+backward = ``grad`` of
 ``sum(out * cotangent)`` w.r.t. every input):
 
-* ``linear_recurrence`` at (8, 4096, 2048) fp32 and (8, 4096, 1024) complex64: pallas vs
-  associative vs chunked, achieved TB/s and the ratio to the HBM floor (forward: read a, b,
-  write h; forward+backward: + read a, h, dh, write da, db);
+* ``linear_recurrence`` at (8, 4096, 2048) fp32 and (8, 4096, 1024) complex64 (time-varying
+  ``a``, and time-invariant ``a`` of shape ``(d,)`` as in S5/LRU): pallas vs associative vs
+  chunked, achieved TB/s and the ratio to the HBM floor (forward: read a, b, write h;
+  forward+backward: + read a, h, dh, write da, db; time-invariant: a is not streamed);
 * ``selective_scan`` at (8, 4096, 4096, 16) bf16 with z, D, dt_bias and softplus: pallas vs
   the XLA forms, exp/s (forward: one exp per (b, l, d, n); forward+backward: two).
 
@@ -121,11 +122,14 @@ def scan_fns(impl, reverse=False, **kw):
     return fwd, grad
 
 
-def bench_scan(shape, dtype, hbm_tbps, repeats):
+def bench_scan(shape, dtype, hbm_tbps, repeats, lti=False):
     a, b, ct = scan_inputs(shape, dtype)
     item = jnp.dtype(b.dtype).itemsize
     size = int(np.prod(shape))
     fwd_bytes, bwd_bytes = 3 * size * item, 5 * size * item  # bwd: read a, h, dh; write da, db
+    if lti:  # time-invariant a (d,) as in S5/LRU: read b, write h; read h, dh, write db
+        a = a[0, 0]
+        fwd_bytes, bwd_bytes = 2 * size * item, 3 * size * item
     ref_fwd, ref_grad = scan_fns("sequential")
     h_ref = ref_fwd(a, b)
     # The reference gradient with real cotangents (sum(real(h * ct))) as in the loss.
@@ -395,14 +399,22 @@ def main(argv=None):
 
 def bench(args):
     repeats = 20
-    scan_shapes = [((8, 4096, 2048), "float32"), ((8, 4096, 1024), "complex64")]
+    scan_shapes = [
+        ((8, 4096, 2048), "float32", False),
+        ((8, 4096, 1024), "complex64", False),
+        ((8, 4096, 1024), "complex64", True),
+    ]
     if args.quick:
-        scan_shapes = [((2, 256, 64), "float32"), ((2, 256, 32), "complex64")]
+        scan_shapes = [((2, 256, 64), "float32", False), ((2, 256, 32), "complex64", True)]
     cols = ["impl", "fwd ms", "fwd+bwd ms", "fwd TB/s", "fwd / floor", "fwd+bwd / floor"]
     cols += ["assoc/this fwd+bwd", "err fwd", "err grad", "note"]
-    for shape, dtype in scan_shapes:
-        print(f"\n## linear_recurrence (b, l, d) = {shape}, {dtype}; floor at {args.hbm_tbps} TB/s")
-        print(table(bench_scan(shape, dtype, args.hbm_tbps, repeats), cols), flush=True)
+    for shape, dtype, lti in scan_shapes:
+        kind = "time-invariant a (d,)" if lti else "time-varying a"
+        print(
+            f"\n## linear_recurrence (b, l, d) = {shape}, {dtype}, {kind}; "
+            f"floor at {args.hbm_tbps} TB/s"
+        )
+        print(table(bench_scan(shape, dtype, args.hbm_tbps, repeats, lti), cols), flush=True)
     b, length, d, n = (2, 256, 64, 16) if args.quick else (8, 4096, args.ss_d, 16)
     print(
         f"\n## selective_scan (b, l, d, n) = {(b, length, d, n)}, bf16 x/dt/z/B/C, "
