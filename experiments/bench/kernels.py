@@ -15,6 +15,12 @@ relative to the reference's max for fp32, relative L2 for bf16). Run::
 
     python -m experiments.bench.kernels [--check] [--sweep] [--no-bench] [--quick]
 
+The anchor row ``--ss-impls pallas,jla,chunked,...`` needs the ``jax-linear-attention``
+0.1.0 wheel (Python 3.12, pinned to JAX 0.11.2; its other needs are in the GPU image):
+``pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl
+jax-linear-attention==0.1.0`` here, then on the GPU ``pip install --no-deps --target
+/tmp/site .whl/*.whl`` and ``PYTHONPATH=/tmp/site``. Its rows are checked like ours.
+
 ``--check`` runs small on-device correctness cases of both kernels (forward and every
 gradient vs the reference); ``--sweep`` times kernel configurations.
 """
@@ -171,10 +177,34 @@ def bench_scan(shape, dtype, hbm_tbps, repeats, lti=False):
 # ----------------------------------------------------------------------------------------
 
 
+XLA_IMPLS = ("chunked", "associative", "sequential")
+
+
+def _jla_mamba1(args, softplus):
+    """The anchor: ``jax-linear-attention`` 0.1.0's Mosaic GPU Mamba-1 kernel (q = C, k = B,
+    v = x), importable only where its wheel is installed (Python 3.12, JAX 0.11.2, H100)."""
+    from jla.ops.mosaic_gpu.mamba1 import mamba1
+
+    y, _ = mamba1(
+        args["C"],
+        args["B"],
+        args["x"],
+        args["dt"],
+        args["A"],
+        d=args["D"],
+        z=args["z"],
+        dt_bias=args["dt_bias"],
+        dt_softplus=softplus,
+    )
+    return y
+
+
 def ss_fns(impl, softplus=True, **kw):
     def run(args):
         if impl == "pallas-kernel":
             return selective_scan_kernel(**args, dt_softplus=softplus, **kw)
+        if impl == "jla":
+            return _jla_mamba1(args, softplus)
         return selective_scan(**args, dt_softplus=softplus, implementation=impl)
 
     fwd = jax.jit(run)
@@ -198,11 +228,13 @@ def bench_ss(b, length, d, n, dtype, repeats, impls):
         try:
             t0 = time.perf_counter()
             y = jax.block_until_ready(fwd(args))
-            row["fwd ms"] = time_ms(fwd, args, repeats=repeats if impl == "pallas" else 5)
+            row["fwd ms"] = time_ms(fwd, args, repeats=repeats if impl in ("pallas", "jla") else 5)
             row["fwd exp/s"] = exps / row["fwd ms"] * 1e3
             results[impl] = {"y": y}
             g = jax.block_until_ready(grad(args, dy))
-            row["fwd+bwd ms"] = time_ms(grad, args, dy, repeats=repeats if impl == "pallas" else 3)
+            row["fwd+bwd ms"] = time_ms(
+                grad, args, dy, repeats=repeats if impl in ("pallas", "jla") else 3
+            )
             row["fwd+bwd exp/s (2/elem)"] = 2 * exps / row["fwd+bwd ms"] * 1e3
             results[impl]["g"] = [g[k] for k in SS_ARGS]
             row["wall s"] = time.perf_counter() - t0
@@ -220,11 +252,16 @@ def bench_ss(b, length, d, n, dtype, repeats, impls):
         if "g" in r and "g" in results[ref]:
             row["rel L2 grads (max)"] = tree_err(r["g"], results[ref]["g"], rel_l2)
     fastest = min(
-        (r["fwd+bwd ms"] for r in rows if r["impl"] != "pallas" and "fwd+bwd ms" in r), default=None
+        (r["fwd+bwd ms"] for r in rows if r["impl"] in XLA_IMPLS and "fwd+bwd ms" in r),
+        default=None,
     )
+    anchor = next((r for r in rows if r["impl"] == "jla" and "fwd+bwd ms" in r), None)
     for row in rows:
         if fastest and "fwd+bwd ms" in row:
             row["best XLA/this fwd+bwd"] = fastest / row["fwd+bwd ms"]
+        if anchor and "fwd+bwd ms" in row:
+            row["this/jla fwd"] = row["fwd ms"] / anchor["fwd ms"]
+            row["this/jla fwd+bwd"] = row["fwd+bwd ms"] / anchor["fwd+bwd ms"]
     return rows
 
 
@@ -384,7 +421,9 @@ def main(argv=None):
     parser.add_argument("--hbm-tbps", type=float, default=3.35, help="HBM TB/s for the floor")
     parser.add_argument("--ss-d", type=int, default=4096, help="d of the selective_scan table")
     parser.add_argument(
-        "--ss-impls", default="pallas,chunked,associative,sequential", help="comma-separated"
+        "--ss-impls",
+        default="pallas,chunked,associative,sequential",
+        help="comma-separated; 'jla' adds the jax-linear-attention 0.1.0 Mamba-1 anchor",
     )
     args = parser.parse_args(argv)
     print(header("python -m experiments.bench.kernels " + " ".join(argv or sys.argv[1:])))
@@ -422,7 +461,8 @@ def bench(args):
     )
     rows = bench_ss(b, length, d, n, jnp.bfloat16, repeats, args.ss_impls.split(","))
     cols = ["impl", "fwd ms", "fwd+bwd ms", "fwd exp/s", "fwd+bwd exp/s (2/elem)"]
-    cols += ["best XLA/this fwd+bwd", "ref", "rel L2 y", "rel L2 grads (max)", "note"]
+    cols += ["best XLA/this fwd+bwd", "this/jla fwd", "this/jla fwd+bwd", "ref", "rel L2 y"]
+    cols += ["rel L2 grads (max)", "note"]
     print(table(rows, cols), flush=True)
 
 
