@@ -273,16 +273,25 @@ def bench_ss(b, length, d, n, dtype, repeats, impls):
 def check():
     ok = True
     print("\n## linear_scan checks (vs sequential; max rel err fwd / grads)")
-    for dtype, length, rev, state in itertools.product(
-        ("float32", "complex64", "bfloat16"), (1, 33, 1000), (False, True), ((5, 3),)
+    for dtype, length, rev, state, form in itertools.product(
+        ("float32", "complex64", "bfloat16"),
+        (1, 33, 1000),
+        (False, True),
+        ((5, 3),),
+        ("time-varying", "time-invariant", "two-pass"),
     ):
+        if form == "two-pass" and length == 1:
+            continue
         shape = (2, length, *state)
         a, b, ct = scan_inputs(shape, dtype, seed=length)
+        if form == "time-invariant":
+            a = a[0, 0]
+        chunks = {33: 3, 1000: 8}.get(length, 1) if form == "two-pass" else 1
         h0 = jnp.ones((2, *state), jnp.complex64 if dtype == "complex64" else jnp.float32) * 0.3
 
-        def run(impl, a, b, h0, rev=rev):
+        def run(impl, a, b, h0, rev=rev, chunks=chunks):
             if impl == "pallas":
-                return linear_scan(a, b, h0, reverse=rev)
+                return linear_scan(a, b, h0, reverse=rev, chunks=chunks)
             return linear_recurrence(a, b, h0, reverse=rev, implementation="sequential")
 
         outs = {}
@@ -296,8 +305,8 @@ def check():
         good = e_f < tol and e_g < 10 * tol
         ok &= good
         print(
-            f"  {dtype:<9} l={length:<5} rev={rev!s:<5} s={state}: {e_f:.1e} / {e_g:.1e} "
-            + ("ok" if good else "FAIL")
+            f"  {dtype:<9} l={length:<5} rev={rev!s:<5} s={state} {form:<14}: "
+            f"{e_f:.1e} / {e_g:.1e} " + ("ok" if good else "FAIL")
         )
     print("\n## selective_scan checks (vs sequential; rel L2 y / final state / max over grads)")
     for dtype, length, n, g, gate in (
