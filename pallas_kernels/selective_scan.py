@@ -33,6 +33,11 @@ Two register layouts (``layout=`` for the forward, ``bwd_layout=`` for the backw
 Defaults: see :func:`selective_scan` (the channel backward holds ``~2 n bwd_unroll`` fp32
 values per thread, so its block is short).
 
+Two-pass forward (``chunks > 1``, calls that are not differentiated): the chunks become
+extra batch rows; the kernel runs once from zero states for every chunk's end state, an
+associative scan over the chunks gives the true start states, and the kernel runs again
+from them (:func:`_run_fwd_two_pass`).
+
 Backward kernel: same grid, blocks last-first. Per block it reloads the checkpoint,
 recomputes the block's ``bwd_unroll`` states and decays *in registers* (fully unrolled, so no
 state goes to HBM and no exp is recomputed twice), then runs the adjoint recurrence
@@ -78,6 +83,7 @@ class _Config(NamedTuple):
     has_z: bool
     has_bias: bool
     interpret: bool
+    chunks: int = 1  # > 1: the two-pass L-parallel forward (not differentiated calls)
 
 
 class _Inputs(NamedTuple):
@@ -639,8 +645,47 @@ def _run_bwd(cfg: _Config, p: _Inputs, ckpt, dy, dh):
     )
 
 
+def _run_fwd_two_pass(cfg: _Config, p: _Inputs):
+    """Forward with ``cfg.chunks`` time chunks scanned in parallel (``(y, h_last)``).
+
+    The chunks become extra batch rows (a free reshape of ``(b, l, ...)`` to
+    ``(b * chunks, l / chunks, ...)``): pass 1 runs the forward kernel on every chunk from a
+    zero state for its end state; an associative scan over the chunks (XLA, ``(b, chunks,
+    d, n)``) turns those into every chunk's true start state, the chunk's decay being
+    ``exp(A sum_t dt_t)``; pass 2 reruns the kernel from those states and writes ``y``. Twice
+    the exps of the single pass, for ``chunks`` times more programs.
+    """
+    b, length, d = p.x.shape
+    n = p.A.shape[1]
+    nc = cfg.chunks
+    rows = lambda v: None if v is None else v.reshape(b * nc, length // nc, *v.shape[2:])
+    pc = p._replace(x=rows(p.x), dt=rows(p.dt), B=rows(p.B), C=rows(p.C), z=rows(p.z))
+    _, ends = _run_fwd(cfg, pc._replace(h0=jnp.zeros((b * nc, d, n), _F32)), save=False)
+    dt = p.dt.astype(_F32)
+    if p.dt_bias is not None:
+        dt = dt + p.dt_bias.astype(_F32)[None, None]
+    if cfg.softplus:
+        dt = jax.nn.softplus(dt)
+    dt_sum = dt.reshape(b, nc, length // nc, d).sum(2)  # (b, nc, d)
+    decay = jnp.exp(dt_sum[..., None] * p.A.astype(_F32)[None, None])  # (b, nc, d, n)
+    ends = ends.reshape(b, nc, d, n)
+
+    def combine(x, y):  # x earlier, y later
+        return y[0] * x[0], y[0] * x[1] + y[1]
+
+    cum_decay, cum_end = jax.lax.associative_scan(combine, (decay, ends), axis=1)
+    h0 = p.h0.astype(_F32)[:, None]
+    starts = jnp.concatenate([h0, cum_decay[:, :-1] * h0 + cum_end[:, :-1]], axis=1)
+    y, h_last = _run_fwd(cfg, pc._replace(h0=starts.reshape(b * nc, d, n)), save=False)
+    return y.reshape(p.x.shape), h_last.reshape(b, nc, d, n)[:, -1]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _scan(cfg: _Config, p: _Inputs):
+    # Not differentiated: the two-pass forward when chunks > 1 (the differentiated forward
+    # below always runs the single pass, which saves the backward's checkpoints).
+    if cfg.chunks > 1:
+        return _run_fwd_two_pass(cfg, p)
     y, h_last = _run_fwd(cfg, p, save=False)
     return y, h_last
 
@@ -709,6 +754,7 @@ def selective_scan(
     bwd_layout: str = "channel",
     bwd_block_d: int | None = None,
     bwd_num_warps: int | None = None,
+    chunks: int = 1,
 ):
     """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
 
@@ -747,6 +793,12 @@ def selective_scan(
       bwd_layout: register layout of the backward kernel: ``"channel"`` (default; same
         idea as the forward, holds ``~2 n unroll`` fp32 values per channel, so prefer a
         smaller ``unroll``) or ``"state"``. Independent of ``layout``.
+      chunks: ``> 1`` splits the sequence into this many time chunks scanned in parallel
+        when the call is not differentiated (inference): chunk end states from a zero
+        start, an associative scan over the chunks, then every chunk rescanned from its true
+        start (twice the exps, ``chunks`` times the programs; for grids too small to fill
+        the GPU, e.g. long sequences at batch 1-2). Must divide ``l``. Differentiated calls
+        always run the single pass. Not yet timed on a GPU: the default is 1.
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
         with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
         a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
@@ -817,7 +869,12 @@ def selective_scan(
         bwd_warps = fwd_warps
     else:
         bwd_warps = chan_warps(bwd_bd) if bwd_channel else state_warps(bwd_bd)
+    if not isinstance(chunks, int) or chunks < 1 or length % chunks:
+        raise NotImplementedError(
+            f"selective_scan kernel: chunks={chunks!r} must divide l={length}"
+        )
     cfg = _Config(
+        chunks=chunks,
         block_d=bd,
         unroll=unroll,
         ckpt_every=bwd_unroll,

@@ -13,6 +13,7 @@ python -m experiments.bench.layouts [--deadline SECONDS] [--json PATH] [--quick]
 
 * ``selective_scan`` with its defaults across ``d_inner`` 1536-5120, lengths 1024-16384 at
   32K tokens, with and without the z gate.
+* ``selective_scan``'s two-pass forward (``chunks``) vs its single pass.
 * ``linear_scan`` single pass vs the L-parallel two-pass scan (``chunks``) vs the XLA
   associative scan, time-varying and time-invariant ``a``, including batch-1 prefill shapes.
 
@@ -279,13 +280,43 @@ def sweep_ss_shapes(quick, deadline, results):
     results["selective_scan_shapes"] = rows
 
 
+SS_CHUNKS = [((8, 4096, 4096), (1, 2, 4)), ((2, 16384, 4096), (1, 4, 8, 16))]
+
+
+def sweep_ss_chunks(quick, deadline, results):
+    """The selective_scan kernel's two-pass forward (``chunks``, inference) vs the single pass."""
+    print("\n## selective_scan forward: single pass vs two-pass (chunks), bf16, z + softplus")
+    rows = []
+    for (b, length, d), chunk_list in SS_CHUNKS:
+        if quick:
+            b, length, d = 2, 256, 64
+        args = ss_inputs(b, length, d, 16, jnp.bfloat16)
+        ref_fwd, _ = ss_fns("chunked")
+        y_ref = ref_fwd(args)
+        for chunks in chunk_list:
+            if time.perf_counter() > deadline:
+                print("  (deadline reached; rest skipped)")
+                break
+            row = {"b": b, "l": length, "d": d, "chunks": chunks}
+            try:
+                fwd, _ = ss_fns("pallas-kernel", chunks=chunks)
+                row["rel L2 y"] = rel_l2(fwd(args), y_ref)
+                row["fwd ms"] = time_ms(fwd, args, repeats=10)
+            except Exception as e:
+                row["note"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            rows.append(row)
+            print("  ", row, flush=True)
+    print(table(rows, ["b", "l", "d", "chunks", "fwd ms", "rel L2 y", "note"]), flush=True)
+    results["selective_scan_chunks"] = rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
     parser.add_argument(
-        "--only", choices=("selective", "linear", "chunks", "ss-shapes"), default=None
+        "--only", choices=("selective", "linear", "chunks", "ss-shapes", "ss-chunks"), default=None
     )
     for name in ("fwd", "bwd", "ls"):
         parser.add_argument(f"--{name}", default=None, help="comma-separated config indices")
@@ -307,6 +338,8 @@ def main(argv=None):
         sweep_chunks(args.quick, deadline, results)
     if args.only in (None, "ss-shapes"):
         sweep_ss_shapes(args.quick, deadline, results)
+    if args.only in (None, "ss-chunks"):
+        sweep_ss_chunks(args.quick, deadline, results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)
