@@ -785,7 +785,10 @@ def selective_scan(
         at which the differentiated forward saves the state (``(b, l / bwd_unroll, d, n)``
         fp32 checkpoints); must divide ``unroll``. Default: 2 for the ``"channel"``
         backward (4 holds ``~2 n 4`` fp32 values per thread and spills: 16.1 vs 10.9 ms
-        forward+backward on the H100), ``unroll`` for the ``"state"`` backward.
+        forward+backward on the H100), ``unroll`` for the ``"state"`` backward. Memory:
+        the checkpoints, ``b l d n / bwd_unroll`` fp32, live until the backward (4.3 GB
+        at (8, 4096, 4096, 16) with 2); raise it, or use the XLA ``"chunked"`` form, when
+        memory is short.
       num_warps, num_stages: Triton launch parameters of the forward (``num_warps``
         defaults to ``BD / 32`` for ``"channel"``, ``BD n / 128`` for ``"state"``).
       prefetch_bc: ``"channel"`` only: also prefetch the next block's ``2 n unroll`` B/C
