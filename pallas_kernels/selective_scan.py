@@ -50,440 +50,32 @@ block) and the per-batch parameter gradients are summed outside the kernel -- no
 
 import functools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels._common import block_index, blocked_loop, check_backend, is_pow2, pow2_divisor
+from pallas_kernels._common import check_backend, is_pow2, pow2_divisor
+from pallas_kernels._selective_scan_common import (
+    _F32,
+    _IO_DTYPES,
+    _LOG2E,
+    _ckpt_channel,
+    _compiler_params,
+    _Config,
+    _Inputs,
+)
+from pallas_kernels._selective_scan_kernels import (
+    _bwd_kernel,
+    _bwd_kernel_channel,
+    _fwd_kernel,
+    _fwd_kernel_channel,
+)
 
 __all__ = ["selective_scan"]
 
-_F32 = jnp.float32
-_LOG2E = math.log2(math.e)
-_LN2 = math.log(2.0)
-_IO_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
-
-
-class _Config(NamedTuple):
-    block_d: int
-    unroll: int  # steps per loaded block of this kernel
-    ckpt_every: int  # checkpoint interval = the backward's block length (divides unroll)
-    num_warps: int
-    num_stages: int
-    layout: str  # forward layout: "channel" or "state"
-    prefetch_bc: bool  # channel layout: prefetch the next block's B/C scalars too
-    bwd_layout: str  # backward layout: "channel" or "state" (own launch config below)
-    bwd_block_d: int
-    bwd_num_warps: int
-    groups: int
-    softplus: bool
-    has_D: bool
-    has_z: bool
-    has_bias: bool
-    interpret: bool
-    chunks: int = 1  # > 1: the two-pass L-parallel forward (not differentiated calls)
-
-
-class _Inputs(NamedTuple):
-    x: jax.Array
-    dt: jax.Array
-    A: jax.Array
-    B: jax.Array  # grouped: (b, l, g, n)
-    C: jax.Array
-    D: jax.Array | None
-    z: jax.Array | None
-    dt_bias: jax.Array | None
-    h0: jax.Array
-
-
-def _softplus(v):
-    return jnp.maximum(v, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(v)))
-
-
-def _sigmoid(v):
-    return 1.0 / (1.0 + jnp.exp(-v))
-
-
-def _tree_sum(terms):
-    """Pairwise sum of a list of arrays (dependency depth ``log2(len)``, not ``len``)."""
-    terms = list(terms)
-    while len(terms) > 1:
-        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
-    return terms[0]
-
-
-def _compiler_params(cfg: _Config):
-    if cfg.interpret:
-        return None
-    from jax.experimental.pallas import triton as plt
-
-    return plt.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
-
-def _split_refs(refs, names):
-    out = {}
-    i = 0
-    for name, present in names:
-        if present:
-            out[name] = refs[i]
-            i += 1
-        else:
-            out[name] = None
-    return out, refs[i:]
-
-
-def _in_names(cfg: _Config, backward: bool):
-    names = [("x", True), ("dt", True), ("A2", True), ("B", True), ("C", True)]
-    names += [("D", cfg.has_D), ("z", cfg.has_z), ("bias", cfg.has_bias)]
-    if backward:
-        names += [("ckpt", True), ("dy", True), ("dh", True)]
-    else:
-        names += [("h0", True)]
-    return names
-
-
-def _load_rows(r, start, count, dy=False):
-    """Loads the rows of steps ``start..start+count-1`` of every sequence input."""
-    rows = []
-    for u in range(count):
-        t = start + u
-        row = {
-            "x": r["x"][t, :],
-            "dt": r["dt"][t, :],
-            "B": r["B"][t, :],
-            "C": r["C"][t, :],
-        }
-        if r["z"] is not None:
-            row["z"] = r["z"][t, :]
-        if dy:
-            row["dy"] = r["dy"][t, :]
-        rows.append(row)
-    return rows
-
-
-def _discretize(row, A2, bias, softplus):
-    """``(x, dt_pre, dt, exp(dt A), dt x)`` for one step, all fp32."""
-    x = row["x"].astype(_F32)
-    dt_pre = row["dt"].astype(_F32)
-    if bias is not None:
-        dt_pre = dt_pre + bias
-    dt = _softplus(dt_pre) if softplus else dt_pre
-    dA = jnp.exp2(dt[:, None] * A2)
-    return x, dt_pre, dt, dA, dt * x
-
-
 # ----------------------------------------------------------------------------------------
-# Forward kernel
-# ----------------------------------------------------------------------------------------
-
-
-def _fwd_kernel(*refs, cfg: _Config, length: int, save: bool):
-    r, outs = _split_refs(refs, _in_names(cfg, backward=False))
-    y_ref, hT_ref = outs[0], outs[1]
-    ckpt_ref = outs[2] if save else None
-    A2 = r["A2"][...].astype(_F32)
-    D = r["D"][...].astype(_F32) if cfg.has_D else None
-    bias = r["bias"][...].astype(_F32) if cfg.has_bias else None
-    U = cfg.unroll
-
-    def load(start, count):
-        return _load_rows(r, start, count)
-
-    K = cfg.ckpt_every
-
-    def body(start, rows, h):
-        for u, row in enumerate(rows):
-            if save and u % K == 0:
-                ckpt_ref[block_index(start, K) + u // K, :, :] = h
-            x, _, _, dA, dtx = _discretize(row, A2, bias, cfg.softplus)
-            B = row["B"].astype(_F32)
-            C = row["C"].astype(_F32)
-            h = dA * h + dtx[:, None] * B[None, :]
-            y = jnp.sum(h * C[None, :], axis=1)
-            if D is not None:
-                y = y + D * x
-            if cfg.has_z:
-                z = row["z"].astype(_F32)
-                y = y * (z * _sigmoid(z))
-            y_ref[start + u, :] = y.astype(y_ref.dtype)
-        return h
-
-    h = r["h0"][...].astype(_F32)
-    h = blocked_loop(length, U, load, body, h)
-    hT_ref[...] = h
-
-
-def _load_rows_channel(r, start, count, n: int, bc: bool):
-    """Channel layout: ``x``/``dt``/``z`` rows and (if ``bc``) ``B_t``/``C_t`` as ``n`` scalars."""
-    rows = []
-    for u in range(count):
-        t = start + u
-        row = {"x": r["x"][t, :], "dt": r["dt"][t, :]}
-        if r["z"] is not None:
-            row["z"] = r["z"][t, :]
-        if bc:
-            row["B"] = [r["B"][t, k] for k in range(n)]
-            row["C"] = [r["C"][t, k] for k in range(n)]
-        rows.append(row)
-    return rows
-
-
-def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
-    """Forward, channel layout: one ``(BD,)`` register vector per state index.
-
-    Every per-channel quantity (``dt``, softplus, ``D x``, the gate) is a ``(BD,)`` vector
-    computed once per channel, the state is ``n`` separate ``(BD,)`` vectors (the ``n`` loop
-    is unrolled in Python), ``B_t[k]``/``C_t[k]`` are scalar loads broadcast to the block
-    and ``y_t = sum_k C_t[k] h_k`` is ``n`` fused multiply-adds with no cross-thread
-    reduction. ``A`` comes transposed, ``(n, BD)``, pre-scaled by ``log2 e``; ``h0`` and the
-    final state are ``(n, BD)`` blocks of ``(b, n, d)`` arrays (transposed outside). The
-    checkpoints are ``(b, n_ckpt, n, d)`` for the channel-layout backward, or the
-    ``(b, n_ckpt, d, n)`` of the state-layout backward (strided column stores, once per
-    block of ``unroll`` steps).
-    """
-    r, outs = _split_refs(refs, _in_names(cfg, backward=False))
-    y_ref, hT_ref = outs[0], outs[1]
-    ckpt_ref = outs[2] if save else None
-    A2 = [r["A2"][k, :].astype(_F32) for k in range(n)]
-    D = r["D"][...].astype(_F32) if cfg.has_D else None
-    bias = r["bias"][...].astype(_F32) if cfg.has_bias else None
-    U = cfg.unroll
-
-    def load(start, count):
-        return _load_rows_channel(r, start, count, n, cfg.prefetch_bc)
-
-    K = cfg.ckpt_every
-
-    def body(start, rows, h):
-        h = list(h)
-        for u, row in enumerate(rows):
-            t = start + u
-            if save and u % K == 0:
-                blk = block_index(start, K) + u // K
-                for k in range(n):
-                    if _ckpt_channel(cfg):
-                        ckpt_ref[blk, k, :] = h[k]
-                    else:
-                        ckpt_ref[blk, :, k] = h[k]
-            x = row["x"].astype(_F32)
-            dt = row["dt"].astype(_F32)
-            if bias is not None:
-                dt = dt + bias
-            if cfg.softplus:
-                dt = _softplus(dt)
-            dtx = dt * x
-            if cfg.prefetch_bc:
-                Bs, Cs = row["B"], row["C"]
-            else:
-                Bs = [r["B"][t, k] for k in range(n)]
-                Cs = [r["C"][t, k] for k in range(n)]
-            for k in range(n):
-                h[k] = jnp.exp2(dt * A2[k]) * h[k] + dtx * Bs[k].astype(_F32)
-            y = _tree_sum(h[k] * Cs[k].astype(_F32) for k in range(n))
-            if D is not None:
-                y = y + D * x
-            if cfg.has_z:
-                z = row["z"].astype(_F32)
-                y = y * (z * _sigmoid(z))
-            y_ref[t, :] = y.astype(y_ref.dtype)
-        return tuple(h)
-
-    h = tuple(r["h0"][k, :].astype(_F32) for k in range(n))
-    h = blocked_loop(length, U, load, body, h)
-    for k in range(n):
-        hT_ref[k, :] = h[k]
-
-
-# ----------------------------------------------------------------------------------------
-# Backward kernel
-# ----------------------------------------------------------------------------------------
-
-
-def _bwd_kernel(*refs, cfg: _Config, length: int):
-    r, outs = _split_refs(refs, _in_names(cfg, backward=True))
-    out_names = [("dx", True), ("ddt", True), ("dz", cfg.has_z), ("dB", True), ("dC", True)]
-    out_names += [("dA", True), ("dD", cfg.has_D), ("dbias", cfg.has_bias), ("dh0", True)]
-    o, _ = _split_refs(outs, out_names)
-    A2 = r["A2"][...].astype(_F32)
-    A = A2 * _LN2
-    D = r["D"][...].astype(_F32) if cfg.has_D else None
-    bias = r["bias"][...].astype(_F32) if cfg.has_bias else None
-    U = cfg.unroll
-
-    def load(start, count):
-        return r["ckpt"][block_index(start, U), :, :], _load_rows(r, start, count, dy=True)
-
-    def body(start, loaded, carry):
-        h_in, rows = loaded
-        adj, acc_A, acc_D, acc_bias = carry
-        # Recompute the block's states (kept in registers).
-        h = h_in
-        steps = []
-        for row in rows:
-            x, dt_pre, dt, dA, dtx = _discretize(row, A2, bias, cfg.softplus)
-            B = row["B"].astype(_F32)
-            h_prev = h
-            h = dA * h_prev + dtx[:, None] * B[None, :]
-            steps.append((row, x, dt_pre, dt, dA, dtx, B, h_prev, h))
-        # Adjoint, last step first.
-        for u in reversed(range(len(rows))):
-            row, x, dt_pre, dt, dA, dtx, B, h_prev, h = steps[u]
-            t = start + u
-            C = row["C"].astype(_F32)
-            dy = row["dy"].astype(_F32)
-            if cfg.has_z:
-                z = row["z"].astype(_F32)
-                y_pre = jnp.sum(h * C[None, :], axis=1)
-                if D is not None:
-                    y_pre = y_pre + D * x
-                sig = _sigmoid(z)
-                o["dz"][t, :] = (dy * y_pre * sig * (1.0 + z * (1.0 - sig))).astype(o["dz"].dtype)
-                dy = dy * (z * sig)
-            adj = adj + dy[:, None] * C[None, :]
-            o["dC"][t, :] = jnp.sum(dy[:, None] * h, axis=0)
-            o["dB"][t, :] = jnp.sum(adj * dtx[:, None], axis=0)
-            adj_b = jnp.sum(adj * B[None, :], axis=1)
-            da_a = adj * h_prev * dA  # dL/d(dt A)
-            acc_A = acc_A + da_a * dt[:, None]
-            ddt = x * adj_b + jnp.sum(da_a * A, axis=1)
-            if cfg.softplus:
-                ddt = ddt * _sigmoid(dt_pre)
-            if acc_bias is not None:
-                acc_bias = acc_bias + ddt
-            dx = dt * adj_b
-            if D is not None:
-                acc_D = acc_D + dy * x
-                dx = dx + D * dy
-            o["dx"][t, :] = dx.astype(o["dx"].dtype)
-            o["ddt"][t, :] = ddt.astype(o["ddt"].dtype)
-            adj = adj * dA
-        return adj, acc_A, acc_D, acc_bias
-
-    zeros_d = jnp.zeros((cfg.block_d,), _F32)
-    carry = (
-        r["dh"][...].astype(_F32),
-        jnp.zeros_like(A2),
-        zeros_d if cfg.has_D else None,
-        zeros_d if cfg.has_bias else None,
-    )
-    adj, acc_A, acc_D, acc_bias = blocked_loop(length, U, load, body, carry, reverse_blocks=True)
-    o["dh0"][...] = adj
-    o["dA"][...] = acc_A
-    if cfg.has_D:
-        o["dD"][...] = acc_D
-    if cfg.has_bias:
-        o["dbias"][...] = acc_bias
-
-
-def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
-    """Backward, channel layout: the state-layout backward with every ``(BD, n)`` array
-    split into ``n`` ``(BD,)`` vectors. Sums over ``n`` (``adj . B``, ``dA . A``, ``y``) are
-    per-thread; only the ``dB_t``/``dC_t`` partials reduce over the block's channels, stored
-    as scalars. ``ckpt``, ``dh``, ``dh0``, ``dA`` are in ``(n, d)`` order."""
-    r, outs = _split_refs(refs, _in_names(cfg, backward=True))
-    out_names = [("dx", True), ("ddt", True), ("dz", cfg.has_z), ("dB", True), ("dC", True)]
-    out_names += [("dA", True), ("dD", cfg.has_D), ("dbias", cfg.has_bias), ("dh0", True)]
-    o, _ = _split_refs(outs, out_names)
-    A2 = [r["A2"][k, :].astype(_F32) for k in range(n)]
-    A = [a * _LN2 for a in A2]
-    D = r["D"][...].astype(_F32) if cfg.has_D else None
-    bias = r["bias"][...].astype(_F32) if cfg.has_bias else None
-    U = cfg.unroll
-
-    def load(start, count):
-        blk = block_index(start, U)
-        h_in = [r["ckpt"][blk, k, :] for k in range(n)]
-        rows = _load_rows_channel(r, start, count, n, cfg.prefetch_bc)
-        for u, row in enumerate(rows):
-            row["dy"] = r["dy"][start + u, :]
-        return h_in, rows
-
-    def body(start, loaded, carry):
-        h_in, rows = loaded
-        adj, acc_A, acc_D, acc_bias = carry
-        adj, acc_A = list(adj), list(acc_A)
-        # Recompute the block's states and decays (kept in registers).
-        hs = [list(h_in)]
-        steps = []
-        for u, row in enumerate(rows):
-            t = start + u
-            x = row["x"].astype(_F32)
-            dt_pre = row["dt"].astype(_F32)
-            if bias is not None:
-                dt_pre = dt_pre + bias
-            dt = _softplus(dt_pre) if cfg.softplus else dt_pre
-            dtx = dt * x
-            if cfg.prefetch_bc:
-                Bs, Cs = row["B"], row["C"]
-            else:
-                Bs = [r["B"][t, k] for k in range(n)]
-                Cs = [r["C"][t, k] for k in range(n)]
-            Bs = [v.astype(_F32) for v in Bs]
-            dA = [jnp.exp2(dt * A2[k]) for k in range(n)]
-            hs.append([dA[k] * hs[-1][k] + dtx * Bs[k] for k in range(n)])
-            steps.append((x, dt_pre, dt, dtx, Bs, Cs, dA))
-        # Adjoint, last step first.
-        for u in reversed(range(len(rows))):
-            row = rows[u]
-            x, dt_pre, dt, dtx, Bs, Cs, dA = steps[u]
-            h_prev, h = hs[u], hs[u + 1]
-            t = start + u
-            Cs = [v.astype(_F32) for v in Cs]
-            dy = row["dy"].astype(_F32)
-            if cfg.has_z:
-                z = row["z"].astype(_F32)
-                y_pre = _tree_sum(h[k] * Cs[k] for k in range(n))
-                if D is not None:
-                    y_pre = y_pre + D * x
-                sig = _sigmoid(z)
-                o["dz"][t, :] = (dy * y_pre * sig * (1.0 + z * (1.0 - sig))).astype(o["dz"].dtype)
-                dy = dy * (z * sig)
-            adj_b_terms, dda_terms = [], []
-            for k in range(n):
-                adj[k] = adj[k] + dy * Cs[k]
-                o["dC"][t, k] = jnp.sum(dy * h[k])
-                o["dB"][t, k] = jnp.sum(adj[k] * dtx)
-                adj_b_terms.append(adj[k] * Bs[k])
-                da_a = adj[k] * h_prev[k] * dA[k]  # dL/d(dt A)
-                acc_A[k] = acc_A[k] + da_a * dt
-                dda_terms.append(da_a * A[k])
-                adj[k] = adj[k] * dA[k]
-            adj_b = _tree_sum(adj_b_terms)
-            ddt = x * adj_b + _tree_sum(dda_terms)
-            if cfg.softplus:
-                ddt = ddt * _sigmoid(dt_pre)
-            if acc_bias is not None:
-                acc_bias = acc_bias + ddt
-            dx = dt * adj_b
-            if D is not None:
-                acc_D = acc_D + dy * x
-                dx = dx + D * dy
-            o["dx"][t, :] = dx.astype(o["dx"].dtype)
-            o["ddt"][t, :] = ddt.astype(o["ddt"].dtype)
-        return tuple(adj), tuple(acc_A), acc_D, acc_bias
-
-    zeros_d = jnp.zeros((cfg.block_d,), _F32)
-    carry = (
-        tuple(r["dh"][k, :].astype(_F32) for k in range(n)),
-        tuple(jnp.zeros_like(A2[k]) for k in range(n)),
-        zeros_d if cfg.has_D else None,
-        zeros_d if cfg.has_bias else None,
-    )
-    adj, acc_A, acc_D, acc_bias = blocked_loop(length, U, load, body, carry, reverse_blocks=True)
-    for k in range(n):
-        o["dh0"][k, :] = adj[k]
-        o["dA"][k, :] = acc_A[k]
-    if cfg.has_D:
-        o["dD"][...] = acc_D
-    if cfg.has_bias:
-        o["dbias"][...] = acc_bias
-
-
-# ----------------------------------------------------------------------------------------
-# pallas_call wrappers
+# pallas_call wrappers (kernel bodies: pallas_kernels._selective_scan_kernels)
 # ----------------------------------------------------------------------------------------
 
 
@@ -516,11 +108,6 @@ def _common_inputs(cfg: _Config, p: _Inputs, s, channel: bool = False):
             args.append(v.astype(_F32) if spec is s["chan"] else v)
             specs.append(spec)
     return args, specs
-
-
-def _ckpt_channel(cfg: _Config) -> bool:
-    """Whether the forward writes the checkpoints as ``(b, n_ckpt, n, d)`` (else ``d, n``)."""
-    return cfg.layout == "channel" and cfg.bwd_layout == "channel"
 
 
 def _run_fwd(cfg: _Config, p: _Inputs, save: bool):
@@ -660,7 +247,9 @@ def _run_fwd_two_pass(cfg: _Config, p: _Inputs):
     nc = cfg.chunks
     rows = lambda v: None if v is None else v.reshape(b * nc, length // nc, *v.shape[2:])
     pc = p._replace(x=rows(p.x), dt=rows(p.dt), B=rows(p.B), C=rows(p.C), z=rows(p.z))
-    _, ends = _run_fwd(cfg, pc._replace(h0=jnp.zeros((b * nc, d, n), _F32)), save=False)
+    # Pass 1 needs only the end states: no gate, no skip (their y is discarded).
+    p1 = pc._replace(h0=jnp.zeros((b * nc, d, n), _F32), z=None, D=None)
+    _, ends = _run_fwd(cfg._replace(has_z=False, has_D=False), p1, save=False)
     dt = p.dt.astype(_F32)
     if p.dt_bias is not None:
         dt = dt + p.dt_bias.astype(_F32)[None, None]

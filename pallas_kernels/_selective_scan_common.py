@@ -1,0 +1,152 @@
+"""Shared pieces of the fused selective-scan kernels: configuration, input bundle, the
+per-step math and the row loaders (see :mod:`pallas_kernels.selective_scan`)."""
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+_F32 = jnp.float32
+_LOG2E = math.log2(math.e)
+_LN2 = math.log(2.0)
+_IO_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+class _Config(NamedTuple):
+    block_d: int
+    unroll: int  # steps per loaded block of this kernel
+    ckpt_every: int  # checkpoint interval = the backward's block length (divides unroll)
+    num_warps: int
+    num_stages: int
+    layout: str  # forward layout: "channel" or "state"
+    prefetch_bc: bool  # channel layout: prefetch the next block's B/C scalars too
+    bwd_layout: str  # backward layout: "channel" or "state" (own launch config below)
+    bwd_block_d: int
+    bwd_num_warps: int
+    groups: int
+    softplus: bool
+    has_D: bool
+    has_z: bool
+    has_bias: bool
+    interpret: bool
+    chunks: int = 1  # > 1: the two-pass L-parallel forward (not differentiated calls)
+
+
+class _Inputs(NamedTuple):
+    x: jax.Array
+    dt: jax.Array
+    A: jax.Array
+    B: jax.Array  # grouped: (b, l, g, n)
+    C: jax.Array
+    D: jax.Array | None
+    z: jax.Array | None
+    dt_bias: jax.Array | None
+    h0: jax.Array
+
+
+def _softplus(v):
+    return jnp.maximum(v, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(v)))
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + jnp.exp(-v))
+
+
+def _tree_sum(terms):
+    """Pairwise sum of a list of arrays (dependency depth ``log2(len)``, not ``len``)."""
+    terms = list(terms)
+    while len(terms) > 1:
+        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
+    return terms[0]
+
+
+def _compiler_params(cfg: _Config):
+    if cfg.interpret:
+        return None
+    from jax.experimental.pallas import triton as plt
+
+    return plt.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _split_refs(refs, names):
+    out = {}
+    i = 0
+    for name, present in names:
+        if present:
+            out[name] = refs[i]
+            i += 1
+        else:
+            out[name] = None
+    return out, refs[i:]
+
+
+def _in_names(cfg: _Config, backward: bool):
+    names = [("x", True), ("dt", True), ("A2", True), ("B", True), ("C", True)]
+    names += [("D", cfg.has_D), ("z", cfg.has_z), ("bias", cfg.has_bias)]
+    if backward:
+        names += [("ckpt", True), ("dy", True), ("dh", True)]
+    else:
+        names += [("h0", True)]
+    return names
+
+
+def _load_rows(r, start, count, dy=False):
+    """Loads the rows of steps ``start..start+count-1`` of every sequence input."""
+    rows = []
+    for u in range(count):
+        t = start + u
+        row = {
+            "x": r["x"][t, :],
+            "dt": r["dt"][t, :],
+            "B": r["B"][t, :],
+            "C": r["C"][t, :],
+        }
+        if r["z"] is not None:
+            row["z"] = r["z"][t, :]
+        if dy:
+            row["dy"] = r["dy"][t, :]
+        rows.append(row)
+    return rows
+
+
+def _step_inputs(row, bias, softplus):
+    """``(x, dt_pre, dt, dt x)`` for one step, fp32 ``(BD,)``: ``dt_pre = dt + bias`` and
+    ``dt = softplus(dt_pre)`` (or ``dt_pre``)."""
+    x = row["x"].astype(_F32)
+    dt_pre = row["dt"].astype(_F32)
+    if bias is not None:
+        dt_pre = dt_pre + bias
+    dt = _softplus(dt_pre) if softplus else dt_pre
+    return x, dt_pre, dt, dt * x
+
+
+def _discretize(row, A2, bias, softplus):
+    """State layout: ``(x, dt_pre, dt, exp(dt A), dt x)`` for one step, all fp32."""
+    x, dt_pre, dt, dtx = _step_inputs(row, bias, softplus)
+    return x, dt_pre, dt, jnp.exp2(dt[:, None] * A2), dtx
+
+
+# ----------------------------------------------------------------------------------------
+# Forward kernel
+
+
+def _load_rows_channel(r, start, count, n: int, bc: bool):
+    """Channel layout: ``x``/``dt``/``z`` rows and (if ``bc``) ``B_t``/``C_t`` as ``n`` scalars."""
+    rows = []
+    for u in range(count):
+        t = start + u
+        row = {"x": r["x"][t, :], "dt": r["dt"][t, :]}
+        if r["z"] is not None:
+            row["z"] = r["z"][t, :]
+        if bc:
+            row["B"] = [r["B"][t, k] for k in range(n)]
+            row["C"] = [r["C"][t, k] for k in range(n)]
+        rows.append(row)
+    return rows
+
+
+def _ckpt_channel(cfg: _Config) -> bool:
+    """Whether the forward writes the checkpoints as ``(b, n_ckpt, n, d)`` (else ``d, n``)."""
+    return cfg.layout == "channel" and cfg.bwd_layout == "channel"
