@@ -59,6 +59,14 @@ def _fwd_kernel(*refs, cfg: _Config, length: int, save: bool):
     hT_ref[...] = h
 
 
+def _bc_scalars(r, row, t, n: int, prefetched: bool):
+    """Channel layout: step ``t``'s ``B_t``, ``C_t`` as ``n`` scalars each (from the
+    prefetched ``row`` or loaded now)."""
+    if prefetched:
+        return row["B"], row["C"]
+    return [r["B"][t, k] for k in range(n)], [r["C"][t, k] for k in range(n)]
+
+
 def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
     """Forward, channel layout: one ``(BD,)`` register vector per state index.
 
@@ -97,11 +105,7 @@ def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
                     else:
                         ckpt_ref[blk, :, k] = h[k]
             x, _, dt, dtx = _step_inputs(row, bias, cfg.softplus)
-            if cfg.prefetch_bc:
-                Bs, Cs = row["B"], row["C"]
-            else:
-                Bs = [r["B"][t, k] for k in range(n)]
-                Cs = [r["C"][t, k] for k in range(n)]
+            Bs, Cs = _bc_scalars(r, row, t, n, cfg.prefetch_bc)
             for k in range(n):
                 h[k] = jnp.exp2(dt * A2[k]) * h[k] + dtx * Bs[k].astype(_F32)
             y = _tree_sum(h[k] * Cs[k].astype(_F32) for k in range(n))
@@ -244,11 +248,7 @@ def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
         for u, row in enumerate(rows):
             t = start + u
             x, dt_pre, dt, dtx = _step_inputs(row, bias, cfg.softplus)
-            if cfg.prefetch_bc:
-                Bs, Cs = row["B"], row["C"]
-            else:
-                Bs = [r["B"][t, k] for k in range(n)]
-                Cs = [r["C"][t, k] for k in range(n)]
+            Bs, Cs = _bc_scalars(r, row, t, n, cfg.prefetch_bc)
             Bs = [v.astype(_F32) for v in Bs]
             dA = [jnp.exp2(dt * A2[k]) for k in range(n)]
             hs.append([dA[k] * hs[-1][k] + dtx * Bs[k] for k in range(n)])
