@@ -16,8 +16,11 @@ Design (one kernel forward, one fused kernel backward):
   the adjoint recurrence ``g_t = dh_t + a_{t+1} g_{t+1}`` the other way in time, carrying
   ``c = a_t g_t`` (which is the shifted-``a`` recurrence without materialising a shifted
   copy), and writes ``db = g`` and ``da = g * h_{t-1}`` in the same pass; the final carry is
-  ``dh0 = a_0 g_0``. JAX's convention for complex cotangents (transpose, no conjugation)
-  is followed.
+  ``dh0 = a_0 g_0``. The custom VJP is defined on real planes (complex values are
+  ``(re, im)`` plane pairs, so complex inputs and outputs are split/merged outside it and
+  :func:`linear_scan_planes` skips that). The gradient of real planes is the conjugate of
+  JAX's complex cotangent, so the complex adjoint runs with ``conj(a)`` and
+  ``da = g conj(h_{t-1})``.
 * Time-invariant ``a`` (S4D/S5/LRU: ``(*s)``, ``(batch, *s)`` or any ``(Ba, 1, *s)``):
   ``a`` is not broadcast over time. It is passed as a ``(Ba, d)`` array (``Ba`` in
   ``{1, batch}``) whose block spec picks row ``i`` of the batch (row 0 when shared), and
@@ -52,7 +55,7 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels._common import blocked_loop, check_backend, is_pow2
 
-__all__ = ["default_chunks", "linear_scan"]
+__all__ = ["default_chunks", "linear_scan", "linear_scan_planes"]
 
 _F32 = jnp.float32
 _IO_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.complex64))
@@ -84,14 +87,19 @@ def _compiler_params(cfg: _Config):
     return plt.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
-def _planes(x):
+def _planes(x) -> tuple:
+    """A real array as one plane, a complex one as its (real, imaginary) planes."""
     if jnp.iscomplexobj(x):
-        return [jnp.real(x), jnp.imag(x)]
-    return [x]
+        return (jnp.real(x), jnp.imag(x))
+    return (x,)
 
 
 def _unplanes(ps):
     return ps[0] if len(ps) == 1 else jax.lax.complex(ps[0], ps[1])
+
+
+def _pmap(f, ps) -> tuple:
+    return tuple(f(x) for x in ps)
 
 
 def _mul(x, y):
@@ -99,6 +107,14 @@ def _mul(x, y):
     if len(x) == 1:
         return [x[0] * y[0]]
     return [x[0] * y[0] - x[1] * y[1], x[0] * y[1] + x[1] * y[0]]
+
+
+def _mul_conj(x, y):
+    """``x * conj(y)`` for plane lists (the backward's products: the gradients of real
+    planes follow the conjugate of the complex recurrence)."""
+    if len(x) == 1:
+        return [x[0] * y[0]]
+    return [x[0] * y[0] + x[1] * y[1], x[1] * y[0] - x[0] * y[1]]
 
 
 def _add(x, y):
@@ -194,8 +210,8 @@ def _bwd_kernel(*refs, n_planes, length, unroll, reverse, time_invariant):
             first = s == 0
             h_prev = [jnp.where(first, x0, x.astype(_F32)) for x0, x in zip(h0, h_prev)]
             g = _add(_f32(dh), c)
-            da = _mul(g, h_prev)
-            c = _mul(a_lti if time_invariant else _f32(a), g)
+            da = _mul_conj(g, h_prev)
+            c = _mul_conj(g, a_lti if time_invariant else _f32(a))
             for r, v in zip(g_refs, g, strict=True):
                 r[t, :] = v.astype(r.dtype)
             if time_invariant:
@@ -240,9 +256,9 @@ def _a_kind(a) -> str:
     return "r" if a.shape[0] == 1 else "h"
 
 
-def _run_fwd(cfg: _Config, a, b, h0):
-    batch, length, d = b.shape
-    ap, bp, h0p = _planes(a), _planes(b), _planes(h0)
+def _run_fwd(cfg: _Config, ap, bp, h0p):
+    """``h`` planes of the single-pass forward (all arguments are tuples of planes)."""
+    batch, length, d = bp[0].shape
     n = len(bp)
     kernel = functools.partial(
         _fwd_kernel,
@@ -250,31 +266,29 @@ def _run_fwd(cfg: _Config, a, b, h0):
         length=length,
         unroll=cfg.unroll,
         reverse=cfg.reverse,
-        time_invariant=a.ndim == 2,
+        time_invariant=ap[0].ndim == 2,
     )
     out_dtype = bp[0].dtype
     hp = pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct((batch, length, d), out_dtype)] * n,
         grid=(batch, d // cfg.block_d),
-        in_specs=_specs(cfg, length, _a_kind(a) * n + "s" * n + "h" * n),
+        in_specs=_specs(cfg, length, _a_kind(ap[0]) * n + "s" * n + "h" * n),
         out_specs=_specs(cfg, length, "s" * n),
         compiler_params=_compiler_params(cfg),
         interpret=cfg.interpret,
         name="linear_scan_fwd",
     )(*ap, *bp, *h0p)
-    return _unplanes(hp)
+    return tuple(hp)
 
 
-def _run_bwd(cfg: _Config, a, h, dh, h0, b_dtype):
-    """Returns ``(db, da, dh0)``; ``da`` is ``(batch, l, d)`` in ``a``'s real dtype for a
-    time-varying ``a``, and the per-sequence sum ``(batch, d)`` in fp32 for a time-invariant
-    one (the caller reduces it over the batch when ``a`` is shared)."""
-    batch, length, d = h.shape
-    ap, hp, dhp, h0p = _planes(a), _planes(h), _planes(dh), _planes(h0)
+def _run_bwd(cfg: _Config, ap, hp, dhp, h0p, b_dtype):
+    """Returns the planes ``(db, da, dh0)``; ``da`` is ``(batch, l, d)`` in ``a``'s dtype for
+    a time-varying ``a``, and the per-sequence sum ``(batch, d)`` in fp32 for a
+    time-invariant one (the caller reduces it over the batch when ``a`` is shared)."""
+    batch, length, d = hp[0].shape
     n = len(hp)
-    real = lambda dt: jnp.real(jnp.zeros((), dt)).dtype
-    lti = a.ndim == 2
+    lti = ap[0].ndim == 2
     kernel = functools.partial(
         _bwd_kernel,
         n_planes=n,
@@ -285,20 +299,20 @@ def _run_bwd(cfg: _Config, a, h, dh, h0, b_dtype):
     )
     # Time-invariant a: one fp32 da row per (batch row, channel block), summed over time.
     da_shape = (batch, d) if lti else (batch, length, d)
-    da_dtype = _F32 if lti else real(a.dtype)
+    da_dtype = _F32 if lti else ap[0].dtype
     outs = pl.pallas_call(
         kernel,
-        out_shape=[jax.ShapeDtypeStruct((batch, length, d), real(b_dtype))] * n
+        out_shape=[jax.ShapeDtypeStruct((batch, length, d), b_dtype)] * n
         + [jax.ShapeDtypeStruct(da_shape, da_dtype)] * n
-        + [jax.ShapeDtypeStruct((batch, d), real(h0.dtype))] * n,
+        + [jax.ShapeDtypeStruct((batch, d), h0p[0].dtype)] * n,
         grid=(batch, d // cfg.block_d),
-        in_specs=_specs(cfg, length, _a_kind(a) * n + "s" * n * 2 + "h" * n),
+        in_specs=_specs(cfg, length, _a_kind(ap[0]) * n + "s" * n * 2 + "h" * n),
         out_specs=_specs(cfg, length, "s" * n + ("h" if lti else "s") * n + "h" * n),
         compiler_params=_compiler_params(cfg),
         interpret=cfg.interpret,
         name="linear_scan_bwd",
     )(*ap, *hp, *dhp, *h0p)
-    return _unplanes(outs[:n]), _unplanes(outs[n : 2 * n]), _unplanes(outs[2 * n :])
+    return tuple(outs[:n]), tuple(outs[n : 2 * n]), tuple(outs[2 * n :])
 
 
 # ----------------------------------------------------------------------------------------
@@ -350,8 +364,8 @@ def _chunk_specs(cfg: _Config, chunk: int, kinds: str):
     ]
 
 
-def _two_pass(cfg: _Config, a, b, h0, reverse: bool):
-    """``h`` of the recurrence with ``cfg.chunks`` time chunks scanned in parallel.
+def _two_pass(cfg: _Config, ap, bp, h0p, reverse: bool):
+    """``h`` planes of the recurrence with ``cfg.chunks`` time chunks scanned in parallel.
 
     Pass 1 (kernel): per chunk, the end state from a zero start and the decay product.
     Pass 2 (XLA, ``(batch, chunks, d)`` only): the true start state of every chunk by an
@@ -359,14 +373,13 @@ def _two_pass(cfg: _Config, a, b, h0, reverse: bool):
     start state, writing ``h``. ``a``, ``b`` are read twice, so this pays only when the
     single-pass grid ``(batch, d / BD)`` has too few programs to fill the GPU.
     """
-    batch, length, d = b.shape
+    batch, length, d = bp[0].shape
     nc = cfg.chunks
     chunk = length // nc
-    lti = a.ndim == 2
-    ap, bp = _planes(a), _planes(b)
+    lti = ap[0].ndim == 2
     n = len(bp)
     grid = (batch, d // cfg.block_d, nc)
-    a_kind = ("r" if a.shape[0] == 1 else "h") if lti else "s"
+    a_kind = ("r" if ap[0].shape[0] == 1 else "h") if lti else "s"
     state = jax.ShapeDtypeStruct((batch, nc, d), _F32)
     kw = dict(n_planes=n, length=chunk, unroll=cfg.unroll, reverse=reverse, time_invariant=lti)
     outs = pl.pallas_call(
@@ -379,13 +392,13 @@ def _two_pass(cfg: _Config, a, b, h0, reverse: bool):
         interpret=cfg.interpret,
         name="linear_scan_chunk_ends",
     )(*ap, *bp)
+    # Pass 2 on the small (batch, chunks, d) arrays, in complex arithmetic where complex.
     ends = _unplanes(outs[:n])
     if lti:
-        a_c = a.astype(jnp.complex64 if n == 2 else _F32)
+        a_c = _unplanes(_pmap(lambda x: x.astype(_F32), ap))
         prods = jnp.broadcast_to(lax.integer_pow(a_c, chunk)[:, None], ends.shape)
     else:
         prods = _unplanes(outs[n:])
-    # Pass 2: start state of every chunk in scan order.
     if reverse:
         prods, ends = prods[:, ::-1], ends[:, ::-1]
 
@@ -393,12 +406,12 @@ def _two_pass(cfg: _Config, a, b, h0, reverse: bool):
         return y[0] * x[0], y[0] * x[1] + y[1]
 
     cum_p, cum_e = lax.associative_scan(combine, (prods, ends), axis=1)
-    h0c = h0.astype(cum_e.dtype)[:, None]
+    h0c = _unplanes(h0p).astype(cum_e.dtype)[:, None]
     starts = jnp.concatenate([h0c, cum_p[:, :-1] * h0c + cum_e[:, :-1]], axis=1)
     if reverse:
         starts = starts[:, ::-1]
     # Pass 3: rescan every chunk from its start state.
-    return _unplanes(
+    return tuple(
         pl.pallas_call(
             functools.partial(_fwd_kernel, **kw),
             out_shape=[jax.ShapeDtypeStruct((batch, length, d), bp[0].dtype)] * n,
@@ -412,57 +425,78 @@ def _two_pass(cfg: _Config, a, b, h0, reverse: bool):
     )
 
 
-def _two_pass_bwd(cfg: _Config, a, h, dh, h0, b_dtype):
-    """``(db, da, dh0)`` from the adjoint ``g_s = dh_s + a_{s+1} g_{s+1}`` (scan order ``s``),
-    itself a two-pass scan the other way in time; ``da`` and ``dh0`` are elementwise in XLA
-    (same conventions and shapes as :func:`_run_bwd`)."""
-    lti = a.ndim == 2
+def _two_pass_bwd(cfg: _Config, ap, hp, dhp, h0p, b_dtype):
+    """Planes ``(db, da, dh0)`` from the adjoint ``g_s = dh_s + a_{s+1} g_{s+1}`` (scan
+    order ``s``), itself a two-pass scan the other way in time; ``da`` and ``dh0`` are
+    elementwise in XLA (same conventions and shapes as :func:`_run_bwd`)."""
+    lti = ap[0].ndim == 2
     rev = cfg.reverse
     if lti:
-        a_next = a
+        a_next = ap
     else:  # a_{s+1} in scan order, in time order; its value at the last scan step is unused
-        pad = jnp.zeros_like(a[:, :1])
-        a_next = (
-            jnp.concatenate([pad, a[:, :-1]], 1) if rev else jnp.concatenate([a[:, 1:], pad], 1)
+
+        def shift(a):
+            pad = jnp.zeros_like(a[:, :1])
+            return (
+                jnp.concatenate([pad, a[:, :-1]], 1) if rev else jnp.concatenate([a[:, 1:], pad], 1)
+            )
+
+        a_next = _pmap(shift, ap)
+    if len(a_next) == 2:  # the adjoint runs with conj(a)
+        a_next = (a_next[0], -a_next[1])
+    zeros = _pmap(jnp.zeros_like, h0p)
+    g = _two_pass(cfg, a_next, dhp, zeros, reverse=not rev)
+    gf = _pmap(lambda x: x.astype(_F32), g)
+
+    def prev(h, h0):
+        h0c, hf = h0.astype(_F32)[:, None], h.astype(_F32)
+        return (
+            jnp.concatenate([hf[:, 1:], h0c], 1) if rev else jnp.concatenate([h0c, hf[:, :-1]], 1)
         )
-    g = _two_pass(cfg, a_next, dh, jnp.zeros_like(h0), reverse=not rev)
-    gf = g.astype(jnp.complex64 if jnp.iscomplexobj(g) else _F32)
-    h0c = h0.astype(gf.dtype)[:, None]
-    hf = h.astype(gf.dtype)
-    h_prev = jnp.concatenate([hf[:, 1:], h0c], 1) if rev else jnp.concatenate([h0c, hf[:, :-1]], 1)
+
+    h_prev = tuple(prev(h, h0) for h, h0 in zip(hp, h0p, strict=True))
+    da = _mul_conj(gf, h_prev)
     if lti:
-        da = jnp.sum(gf * h_prev, axis=1)
+        da = _pmap(lambda x: jnp.sum(x, axis=1), da)
     else:
-        da = (gf * h_prev).astype(a.dtype)
+        da = _pmap(lambda x: x.astype(ap[0].dtype), da)
     first = -1 if rev else 0
-    a_first = a if lti else a[:, first]
-    dh0 = (a_first.astype(gf.dtype) * gf[:, first]).astype(h0.dtype)
-    return g.astype(b_dtype), da, dh0
+    a_first = _pmap(lambda x: x.astype(_F32), ap if lti else _pmap(lambda x: x[:, first], ap))
+    dh0 = _mul_conj(_pmap(lambda x: x[:, first], gf), a_first)
+    dh0 = _pmap(lambda x: x.astype(h0p[0].dtype), dh0)
+    return _pmap(lambda x: x.astype(b_dtype), g), tuple(da), dh0
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scan(cfg: _Config, a, b, h0):
-    return _forward(cfg, a, b, h0)
+def _scan(cfg: _Config, ap, bp, h0p):
+    """The differentiable kernel on tuples of planes (1: real, 2: real and imaginary) of
+    flat ``(batch, l, d)`` arrays (``a``: ``(Ba, d)`` when time-invariant)."""
+    return _forward(cfg, ap, bp, h0p)
 
 
-def _forward(cfg: _Config, a, b, h0):
+def _forward(cfg: _Config, ap, bp, h0p):
     if cfg.chunks > 1:
-        return _two_pass(cfg, a, b, h0, cfg.reverse)
-    return _run_fwd(cfg, a, b, h0)
+        return _two_pass(cfg, ap, bp, h0p, cfg.reverse)
+    return _run_fwd(cfg, ap, bp, h0p)
 
 
-def _scan_fwd(cfg: _Config, a, b, h0):
-    h = _forward(cfg, a, b, h0)
-    return h, (a, h, h0, jnp.zeros((0,), b.dtype))
+def _scan_fwd(cfg: _Config, ap, bp, h0p):
+    hp = _forward(cfg, ap, bp, h0p)
+    return hp, (ap, hp, h0p, jnp.zeros((0,), bp[0].dtype))
 
 
-def _scan_bwd(cfg: _Config, residuals, dh):
-    a, h, h0, b_like = residuals
+def _scan_bwd(cfg: _Config, residuals, dhp):
+    ap, hp, h0p, b_like = residuals
     run_bwd = _two_pass_bwd if cfg.chunks > 1 else _run_bwd
-    db, da, dh0 = run_bwd(cfg, a, h, dh.astype(h.dtype), h0, b_like.dtype)
-    if a.ndim == 2 and a.shape[0] != da.shape[0]:  # time-invariant a shared by the batch
-        da = jnp.sum(da, axis=0, keepdims=True)
-    return da.astype(a.dtype), db.astype(b_like.dtype), dh0.astype(h0.dtype)
+    dhp = tuple(dh.astype(h.dtype) for dh, h in zip(dhp, hp, strict=True))
+    dbp, dap, dh0p = run_bwd(cfg, ap, hp, dhp, h0p, b_like.dtype)
+    if ap[0].ndim == 2 and ap[0].shape[0] != dap[0].shape[0]:  # shared time-invariant a
+        dap = _pmap(lambda x: jnp.sum(x, axis=0, keepdims=True), dap)
+    return (
+        tuple(x.astype(a.dtype) for x, a in zip(dap, ap, strict=True)),
+        _pmap(lambda x: x.astype(b_like.dtype), dbp),
+        tuple(x.astype(h.dtype) for x, h in zip(dh0p, h0p, strict=True)),
+    )
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
@@ -525,6 +559,88 @@ def _compact_a(a: jax.Array, b_shape: tuple[int, ...]) -> jax.Array:
         ) from e
 
 
+def _run_planes(
+    ap: tuple,
+    bp: tuple,
+    h0p: tuple | None,
+    *,
+    reverse: bool,
+    interpret: bool,
+    block_d: int | None,
+    unroll: int | None,
+    num_warps: int | None,
+    num_stages: int,
+    chunks: int | None,
+) -> tuple:
+    """Validates, flattens and pads the planes, runs the kernel; returns the ``h`` planes
+    in ``b``'s shape. ``ap``/``bp``/``h0p`` are tuples of 1 (real) or 2 (complex) planes."""
+    n = len(bp)
+    b0 = bp[0]
+    if b0.ndim < 2 or b0.shape[1] == 0:
+        raise NotImplementedError(f"linear_scan needs (batch, l >= 1, *s); got {b0.shape}")
+    for x in (*ap, *bp):
+        if x.dtype not in _IO_DTYPES or jnp.iscomplexobj(x):
+            raise NotImplementedError(f"linear_scan: untested dtype {x.dtype}")
+    if any(x.shape != b0.shape or x.dtype != b0.dtype for x in bp):
+        raise ValueError("linear_scan: the planes of b must have one shape and dtype")
+    if len({(x.shape, x.dtype) for x in ap}) != 1:
+        raise ValueError("linear_scan: the planes of a must have one shape and dtype")
+    batch, length = b0.shape[:2]
+    state_shape = b0.shape[2:]
+    d = 1
+    for s in state_shape:
+        d *= s
+    if b0.size >= 2**31 or length * max(d, 1) * batch >= 2**31:
+        raise NotImplementedError("linear_scan: more than 2**31 elements (int32 offsets)")
+    ap = _pmap(lambda x: _compact_a(x, b0.shape), ap)
+    # La == 1: the time-invariant path, a stays (Ba, d). Otherwise a full (batch, l, d) copy.
+    time_invariant = ap[0].shape[1] == 1
+    if not time_invariant:
+        ap = _pmap(lambda x: jnp.broadcast_to(x, b0.shape), ap)
+    if h0p is None:
+        h0p = tuple(jnp.zeros((batch, *state_shape), _F32) for _ in range(n))
+    for x in h0p:
+        if x.shape != (batch, *state_shape):
+            raise ValueError(f"h0 must have shape {(batch, *state_shape)}; got {x.shape}")
+    h0p = _pmap(lambda x: x.astype(_F32), h0p)
+
+    bd = block_d or _default_block_d(batch, d)
+    if unroll is None:
+        unroll = 16 if n == 2 else 32
+    if not is_pow2(bd) or not is_pow2(unroll):
+        raise NotImplementedError("linear_scan: block_d and unroll must be powers of two")
+    if chunks is None:
+        chunks = default_chunks(batch, -(-d // bd), length)
+    if not isinstance(chunks, int) or chunks < 1 or length % chunks:
+        raise NotImplementedError(f"linear_scan: chunks={chunks!r} must divide l={length}")
+    cfg = _Config(
+        chunks=chunks,
+        block_d=bd,
+        unroll=unroll,
+        num_warps=num_warps or max(1, min(8, bd // 32)),
+        num_stages=num_stages,
+        reverse=bool(reverse),
+        interpret=bool(interpret),
+    )
+    d_pad = -(-d // bd) * bd
+
+    def flat(x, rows):
+        x = x.reshape(*rows, d)
+        if d_pad != d:
+            # Zero padding: padded channels have b = 0 and h0 = 0, so they stay 0.
+            x = jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((0, d_pad - d),))
+        return x
+
+    af = _pmap(lambda x: flat(x, x.shape[:1] if time_invariant else (batch, length)), ap)
+    hp = _scan(
+        cfg,
+        af,
+        _pmap(lambda x: flat(x, (batch, length)), bp),
+        _pmap(lambda x: flat(x, (batch,)), h0p),
+    )
+    return _pmap(lambda h: h[..., :d].reshape(b0.shape), hp)
+
+
 def linear_scan(
     a: jax.Array,
     b: jax.Array,
@@ -540,6 +656,10 @@ def linear_scan(
     chunks: int | None = None,
 ):
     """``h_t = a_t * h_{t-1} + b_t`` along axis 1 by a Pallas-Triton kernel (differentiable).
+
+    Complex inputs are split into real and imaginary planes here and ``h`` is merged back
+    (XLA copies of every sequence-sized array); :func:`linear_scan_planes` takes and returns
+    the planes and skips those copies.
 
     Args:
       a: decays, float32, bfloat16 or complex64, of shape ``(Ba, La, *s)`` with
@@ -577,62 +697,105 @@ def linear_scan(
     """
     check_backend(interpret, "linear_scan")
     a, b = jnp.asarray(a), jnp.asarray(b)
-    if b.ndim < 2 or b.shape[1] == 0:
-        raise NotImplementedError(f"linear_scan needs (batch, l >= 1, *s); got {b.shape}")
-    if b.dtype not in _IO_DTYPES or a.dtype not in _IO_DTYPES:
-        raise NotImplementedError(f"linear_scan: untested dtypes a={a.dtype}, b={b.dtype}")
+    for x in (a, b):
+        if x.dtype not in _IO_DTYPES:
+            raise NotImplementedError(f"linear_scan: untested dtypes a={a.dtype}, b={b.dtype}")
     if jnp.iscomplexobj(a) != jnp.iscomplexobj(b):
         raise NotImplementedError("linear_scan: a and b must both be real or both complex")
-    batch, length = b.shape[:2]
-    state_shape = b.shape[2:]
-    d = 1
-    for s in state_shape:
-        d *= s
-    if b.size >= 2**31 or length * max(d, 1) * batch >= 2**31:
-        raise NotImplementedError("linear_scan: more than 2**31 elements (int32 offsets)")
-    a = _compact_a(a, b.shape)
-    # La == 1: the time-invariant path, a stays (Ba, d). Otherwise a full (batch, l, d) copy.
-    time_invariant = a.shape[1] == 1
-    if not time_invariant:
-        a = jnp.broadcast_to(a, b.shape)
     carry_dtype = jnp.complex64 if jnp.iscomplexobj(b) else jnp.float32
-    if h0 is None:
-        h0 = jnp.zeros((batch, *state_shape), carry_dtype)
-    h0 = jnp.asarray(h0)
-    if h0.shape != (batch, *state_shape):
-        raise ValueError(f"h0 must have shape {(batch, *state_shape)}; got {h0.shape}")
-    h0 = h0.astype(carry_dtype)
-
-    bd = block_d or _default_block_d(batch, d)
-    if unroll is None:
-        unroll = 16 if jnp.iscomplexobj(b) else 32
-    if not is_pow2(bd) or not is_pow2(unroll):
-        raise NotImplementedError("linear_scan: block_d and unroll must be powers of two")
-    if chunks is None:
-        chunks = default_chunks(batch, -(-d // bd), length)
-    if not isinstance(chunks, int) or chunks < 1 or length % chunks:
-        raise NotImplementedError(f"linear_scan: chunks={chunks!r} must divide l={length}")
-    cfg = _Config(
-        chunks=chunks,
-        block_d=bd,
+    h0p = None if h0 is None else _planes(jnp.asarray(h0).astype(carry_dtype))
+    hp = _run_planes(
+        _planes(a),
+        _planes(b),
+        h0p,
+        reverse=reverse,
+        interpret=interpret,
+        block_d=block_d,
         unroll=unroll,
-        num_warps=num_warps or max(1, min(8, bd // 32)),
+        num_warps=num_warps,
         num_stages=num_stages,
-        reverse=bool(reverse),
-        interpret=bool(interpret),
+        chunks=chunks,
     )
-    d_pad = -(-d // bd) * bd
-    flat = lambda x: x.reshape(batch, length, d)
-    af = a.reshape(a.shape[0], d) if time_invariant else flat(a)
-    bf, h0f = flat(b), h0.reshape(batch, d)
-    if d_pad != d:
-        # Zero padding: padded channels have b = 0 and h0 = 0, so they stay 0.
-        pad_last = lambda x: jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((0, d_pad - d),))
-        af, bf, h0f = pad_last(af), pad_last(bf), pad_last(h0f)
-    h = _scan(cfg, af, bf, h0f)
-    if d_pad != d:
-        h = h[..., :d]
-    h = h.reshape(b.shape)
+    h = _unplanes(hp)
     if return_final_state:
         return h, h[:, 0 if reverse else -1]
     return h
+
+
+def linear_scan_planes(
+    a: tuple[jax.Array, jax.Array],
+    b: tuple[jax.Array, jax.Array],
+    h0: tuple[jax.Array, jax.Array] | None = None,
+    *,
+    reverse: bool = False,
+    interpret: bool = False,
+    return_final_state: bool = False,
+    block_d: int | None = None,
+    unroll: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int = 1,
+    chunks: int | None = None,
+):
+    """The complex recurrence of :func:`linear_scan` on real and imaginary planes.
+
+    Same result as ``linear_scan(lax.complex(*a), lax.complex(*b), ...)`` split into planes,
+    but the kernel reads and writes the planes directly: no complex array of the sequence's
+    size is split or merged (S5/LRU layers produce ``B u`` and consume ``h`` as planes).
+
+    Args:
+      a: ``(a_re, a_im)``, float32 or bfloat16, each of a shape :func:`linear_scan` accepts
+        for ``a`` (time-invariant ``(*s)`` / ``(batch, *s)`` or ``(Ba, La, *s)``).
+      b: ``(b_re, b_im)``, float32 or bfloat16, each ``(batch, l, *s)``.
+      h0: optional ``(h0_re, h0_im)``, each ``(batch, *s)``; zeros when ``None``.
+      reverse: run from the end, ``h_t = a_t * h_{t+1} + b_t``.
+      interpret: run the kernel in the Pallas interpreter (CPU tests).
+      return_final_state: also return the last state in scan order, ``(batch, *s)``.
+      block_d: channels per program (power of two); default from the shape.
+      unroll: time steps per loaded block; default 32 for real, 16 for complex inputs (the
+        fastest measured on the H100, ``experiments/bench/layouts.py``).
+      num_warps: Triton warps per program; default ``block_d // 32`` (at least 1).
+      num_stages: Triton pipelining stages.
+      chunks: split the sequence into this many time chunks scanned in parallel (the
+        L-parallel two-pass scan: chunk end states, a short scan over the chunks, then every
+        chunk rescanned from its true start; ``a`` and ``b`` are read twice). For few
+        programs (small ``batch * d``, e.g. inference prefill). Must divide ``l``; 1 is
+        the single-pass kernel. Default: :func:`default_chunks`.
+
+    Returns:
+      ``(h_re, h_im)``, each of ``b_re``'s shape and dtype; with ``return_final_state``,
+      ``((h_re, h_im), (last_re, last_im))``. Differentiable in every plane.
+
+    Raises:
+      NotImplementedError: dtypes, shapes or a device this kernel is not built for.
+      ValueError: planes of different shapes, or shapes that do not fit.
+
+    >>> import jax.numpy as jnp
+    >>> a = (jnp.full((2,), 0.5), jnp.zeros((2,)))  # a = 0.5 + 0j for both states
+    >>> b = (jnp.ones((1, 3, 2)), jnp.ones((1, 3, 2)))  # b = 1 + 1j
+    >>> h_re, h_im = linear_scan_planes(a, b, interpret=True)
+    >>> h_re[0, :, 0], h_im[0, :, 0]
+    (Array([1.  , 1.5 , 1.75], dtype=float32), Array([1.  , 1.5 , 1.75], dtype=float32))
+    """
+    check_backend(interpret, "linear_scan_planes")
+    planes = []
+    for name, x in (("a", a), ("b", b), ("h0", h0)):
+        if x is None:
+            planes.append(None)
+            continue
+        if not isinstance(x, (tuple, list)) or len(x) != 2:
+            raise ValueError(f"linear_scan_planes: {name} must be a (real, imaginary) pair")
+        planes.append(tuple(jnp.asarray(v) for v in x))
+    hp = _run_planes(
+        *planes,
+        reverse=reverse,
+        interpret=interpret,
+        block_d=block_d,
+        unroll=unroll,
+        num_warps=num_warps,
+        num_stages=num_stages,
+        chunks=chunks,
+    )
+    if return_final_state:
+        i = 0 if reverse else -1
+        return hp, (hp[0][:, i], hp[1][:, i])
+    return hp

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.bench._harness import header, table, time_ms
-from pallas_kernels.linear_scan import linear_scan
+from pallas_kernels.linear_scan import linear_scan, linear_scan_planes
 from pallas_kernels.selective_scan import selective_scan as selective_scan_kernel
 from ssmjax.ops import linear_recurrence, selective_scan
 
@@ -164,12 +164,58 @@ def bench_scan(shape, dtype, hbm_tbps, repeats, lti=False):
             }
         )
         print(f"  {impl:<12} fwd {t_f:8.3f} ms  fwd+bwd {t_b:8.3f} ms", flush=True)
+    if jnp.iscomplexobj(b):
+        rows.append(bench_scan_planes(a, b, ct, fwd_bytes, bwd_bytes, hbm_tbps, repeats))
     base = {r["impl"]: r for r in rows if "fwd ms" in r}
     if "pallas" in base and "associative" in base:
         for r in rows:
             if "fwd ms" in r:
                 r["assoc/this fwd+bwd"] = base["associative"]["fwd+bwd ms"] / r["fwd+bwd ms"]
     return rows
+
+
+def bench_scan_planes(a, b, ct, fwd_bytes, bwd_bytes, hbm_tbps, repeats):
+    """The row of :func:`linear_scan_planes`: ``a``, ``b``, ``h`` and the gradients as real and
+    imaginary planes (how the S5/LRU layers call it), checked against the sequential form
+    differentiated through the same planes."""
+    ap, bp = (jnp.real(a), jnp.imag(a)), (jnp.real(b), jnp.imag(b))
+    cp = (jnp.real(ct), jnp.imag(ct))
+
+    def loss_of(run):  # sum(Re(h * ct)) on planes
+        def loss(ap, bp):
+            h_re, h_im = run(ap, bp)
+            return jnp.sum(h_re * cp[0] - h_im * cp[1])
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+    ref = lambda ap, bp: _planes_of(
+        linear_recurrence(jax.lax.complex(*ap), jax.lax.complex(*bp), implementation="sequential")
+    )
+    fwd = jax.jit(linear_scan_planes)
+    grad = loss_of(linear_scan_planes)
+    try:
+        h, g = fwd(ap, bp), grad(ap, bp)
+    except Exception as e:
+        return {"impl": "pallas planes", "note": f"failed: {type(e).__name__}: {str(e)[:80]}"}
+    h_ref, g_ref = jax.jit(ref)(ap, bp), loss_of(ref)(ap, bp)
+    t_f = time_ms(fwd, ap, bp, repeats=repeats)
+    t_b = time_ms(grad, ap, bp, repeats=repeats)
+    print(f"  {'pallas planes':<12} fwd {t_f:8.3f} ms  fwd+bwd {t_b:8.3f} ms", flush=True)
+    return {
+        "impl": "pallas planes",
+        "fwd ms": t_f,
+        "fwd+bwd ms": t_b,
+        "fwd TB/s": fwd_bytes / t_f / 1e9,
+        "fwd / floor": t_f / (fwd_bytes / hbm_tbps / 1e9),
+        "fwd+bwd / floor": t_b / ((fwd_bytes + bwd_bytes) / hbm_tbps / 1e9),
+        "err fwd": tree_err(h, h_ref),
+        "err grad": max(tree_err(x, y) for x, y in zip(g, g_ref, strict=True)),
+        "note": "planes in and out",
+    }
+
+
+def _planes_of(h):
+    return jnp.real(h), jnp.imag(h)
 
 
 # ----------------------------------------------------------------------------------------

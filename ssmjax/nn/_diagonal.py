@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssmjax.nn._base import apply_mask, check_sequence, skip_masked
-from ssmjax.ops.scan import linear_recurrence
+from ssmjax.ops.scan import linear_recurrence, linear_recurrence_planes, pallas_first
 
 __all__ = ["DiagonalSSM"]
 
@@ -53,6 +53,20 @@ class DiagonalSSM(nnx.Module):
     def project_out(self, h: jax.Array, c: jax.Array) -> jax.Array:
         """``(b, l, *s)`` complex -> ``(b, l, d_model)`` real. MIMO: ``Re(C h)``, C (d, p)."""
         return jnp.real(jnp.einsum("...p,hp->...h", h, c))
+
+    def project_in_planes(self, x: jax.Array, b_bar: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """:meth:`project_in` as real and imaginary planes (two real matmuls)."""
+        x = x.astype(jnp.float32)
+        return (
+            jnp.einsum("...h,ph->...p", x, jnp.real(b_bar)),
+            jnp.einsum("...h,ph->...p", x, jnp.imag(b_bar)),
+        )
+
+    def project_out_planes(self, h_re: jax.Array, h_im: jax.Array, c: jax.Array) -> jax.Array:
+        """:meth:`project_out` from planes: ``Re(C h) = C_re h_re - C_im h_im``."""
+        return jnp.einsum("...p,hp->...h", h_re, jnp.real(c)) - jnp.einsum(
+            "...p,hp->...h", h_im, jnp.imag(c)
+        )
 
     # -- the one interface ------------------------------------------------------------------
 
@@ -86,22 +100,44 @@ class DiagonalSSM(nnx.Module):
         if self.bidirectional and (state is not None or return_state):
             raise ValueError(f"{name}: a bidirectional layer has no recurrent state")
         lambda_bar, b_bar, cs, d, scale = self.discretize()
-        bu = self.project_in(x, b_bar)
-        a, bu = skip_masked(lambda_bar, bu, mask)
         if state is not None:
             expected = (x.shape[0], *self.state_shape())
             if state.shape != expected:
                 raise ValueError(f"{name}: state must have shape {expected}; got {state.shape}")
-        h = linear_recurrence(a, bu, state, implementation=self.implementation)
-        y = self.project_out(h, cs[0])
-        if self.bidirectional:
-            h_rev = linear_recurrence(a, bu, reverse=True, implementation=self.implementation)
-            y = y + self.project_out(h_rev, cs[1])
+        if pallas_first(self.implementation):
+            y, last = self._mix_planes(x, mask, state, lambda_bar, b_bar, cs)
+        else:
+            bu = self.project_in(x, b_bar)
+            a, bu = skip_masked(lambda_bar, bu, mask)
+            h = linear_recurrence(a, bu, state, implementation=self.implementation)
+            y, last = self.project_out(h, cs[0]), h[:, -1]
+            if self.bidirectional:
+                h_rev = linear_recurrence(a, bu, reverse=True, implementation=self.implementation)
+                y = y + self.project_out(h_rev, cs[1])
         y = scale * y + d[None, None] * x.astype(jnp.float32)
         y = apply_mask(y, mask).astype(x.dtype)
         if return_state:
-            return y, h[:, -1]
+            return y, last
         return y
+
+    def _mix_planes(self, x, mask, state, lambda_bar, b_bar, cs):
+        """The recurrence and projections of :meth:`__call__` with ``B u`` and ``h`` as real
+        and imaginary planes (for the Pallas kernel: no complex ``(b, l, *s)`` copies).
+        Returns ``(C h`` summed over directions, the final complex state)."""
+        bu_re, bu_im = self.project_in_planes(x, b_bar)
+        a, bu_re = skip_masked(lambda_bar, bu_re, mask)
+        if mask is not None:
+            m = mask.reshape(mask.shape + (1,) * (bu_im.ndim - 2))
+            bu_im = jnp.where(m, bu_im, jnp.zeros((), bu_im.dtype))
+        impl = self.implementation
+        h_re, h_im = linear_recurrence_planes(a, bu_re, bu_im, state, implementation=impl)
+        y = self.project_out_planes(h_re, h_im, cs[0])
+        if self.bidirectional:
+            r_re, r_im = linear_recurrence_planes(
+                a, bu_re, bu_im, reverse=True, implementation=impl
+            )
+            y = y + self.project_out_planes(r_re, r_im, cs[1])
+        return y, jax.lax.complex(h_re[:, -1], h_im[:, -1])
 
     def step(self, x_t: jax.Array, state: jax.Array):
         """One recurrent step, O(state) per token.

@@ -221,6 +221,17 @@ class S4D(DiagonalSSM):
         """SISO: ``(b, l, H, n)`` -> ``(b, l, H)``, ``Re(sum_n C[h, n] x[h, n])``."""
         return jnp.real(jnp.einsum("...hn,hn->...h", h, c))
 
+    def project_in_planes(self, x: jax.Array, b_bar: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """SISO :meth:`project_in` as real and imaginary planes."""
+        x = x.astype(jnp.float32)[..., None]
+        return x * jnp.real(b_bar)[None, None], x * jnp.imag(b_bar)[None, None]
+
+    def project_out_planes(self, h_re: jax.Array, h_im: jax.Array, c: jax.Array) -> jax.Array:
+        """SISO :meth:`project_out` from planes."""
+        return jnp.einsum("...hn,hn->...h", h_re, jnp.real(c)) - jnp.einsum(
+            "...hn,hn->...h", h_im, jnp.imag(c)
+        )
+
     # -- convolution mode --------------------------------------------------------------------
 
     def kernel(self, length: int) -> jax.Array:

@@ -17,6 +17,7 @@ from ssmjax.ops.hippo import rank_correction as rank_correction
 from ssmjax.ops.hippo import s4d_init as s4d_init
 from ssmjax.ops.hippo import s5_init as s5_init
 from ssmjax.ops.scan import linear_recurrence as linear_recurrence
+from ssmjax.ops.scan import linear_recurrence_planes as linear_recurrence_planes
 from ssmjax.ops.selective_scan import selective_scan as selective_scan
 from ssmjax.ops.ssd import ssd as ssd
 from ssmjax.ops.ssm_kernel import DPLRStep as DPLRStep

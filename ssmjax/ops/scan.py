@@ -35,7 +35,7 @@ from jax import lax
 
 from ssmjax.ops._dispatch import dispatch, on_gpu
 
-__all__ = ["linear_recurrence"]
+__all__ = ["linear_recurrence", "linear_recurrence_planes"]
 
 #: Default number of time steps per chunk of the ``"chunked"`` implementation.
 DEFAULT_CHUNK_SIZE = 128
@@ -325,3 +325,145 @@ def linear_recurrence(
         chunk_size,
     )
     return h.astype(out_dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Complex recurrence on real/imaginary planes
+# ----------------------------------------------------------------------------------------
+
+
+def _planes_via_complex(name: str):
+    """An XLA form on planes: merge ``b`` (and ``h0``), run natively complex, split ``h``
+    (XLA fuses the merge and split into the neighbouring ops where it can)."""
+
+    def run(a, b_re, b_im, h0, reverse, reset, chunk_size):
+        h = linear_recurrence(
+            a,
+            lax.complex(b_re, b_im),
+            h0,
+            reverse=reverse,
+            reset=reset,
+            implementation=name,
+            chunk_size=chunk_size,
+        )
+        return jnp.real(h), jnp.imag(h)
+
+    return run
+
+
+def _planes_pallas(a, b_re, b_im, h0, reverse, reset, chunk_size):
+    try:
+        from pallas_kernels import linear_scan as _kernel
+    except ImportError as e:
+        raise NotImplementedError(f"the Pallas linear_scan kernel is not available ({e})") from e
+    a = _expand_a(a, b_re).astype(jnp.complex64)
+    if reset is not None:
+        reset = reset.reshape(reset.shape + (1,) * (b_re.ndim - 2))
+        a = jnp.where(reset, jnp.zeros((), a.dtype), a)
+    h0p = None if h0 is None else (jnp.real(h0), jnp.imag(h0))
+    return _kernel.linear_scan_planes(
+        (jnp.real(a), jnp.imag(a)), (b_re, b_im), h0p, reverse=reverse, interpret=not on_gpu()
+    )
+
+
+PLANES_IMPLEMENTATIONS = {
+    "sequential": _planes_via_complex("sequential"),
+    "associative": _planes_via_complex("associative"),
+    "chunked": _planes_via_complex("chunked"),
+    "pallas": _planes_pallas,
+}
+
+
+def linear_recurrence_planes(
+    a: jax.Array,
+    b_re: jax.Array,
+    b_im: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    reverse: bool = False,
+    reset: jax.Array | None = None,
+    implementation: str | Sequence[str] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[jax.Array, jax.Array]:
+    r"""The complex recurrence of :func:`linear_recurrence` with ``b`` and ``h`` as planes.
+
+    Computes ``h = linear_recurrence(a, b_re + 1j * b_im, h0, ...)`` and returns
+    ``(Re h, Im h)``. The Pallas kernel reads and writes the planes directly, so no complex
+    ``(b, l, *s)`` array is split or merged around it (S5/LRU/S4D layers produce ``B u``
+    and consume ``h`` as planes on the GPU); the XLA forms merge and split the planes and
+    run natively complex.
+
+    Args:
+      a: complex decay, any shape :func:`linear_recurrence` accepts (``(*s)``,
+        ``(b, *s)`` or ``(b, l, *s)``).
+      b_re: real part of the input, ``(b, l, *s)``, float32 (or bfloat16).
+      b_im: imaginary part, same shape and dtype.
+      h0: optional complex initial state ``(b, *s)``.
+      reverse: scan from the end.
+      reset: optional bool ``(b, l)``, as in :func:`linear_recurrence`.
+      implementation: as in :func:`linear_recurrence`.
+      chunk_size: steps per chunk of the ``"chunked"`` implementation.
+
+    Returns:
+      ``(h_re, h_im)``, each ``(b, l, *s)`` float32.
+
+    Raises:
+      ValueError: inconsistent shapes or an unknown implementation.
+      TypeError: complex or integer planes.
+
+    >>> import jax.numpy as jnp
+    >>> b = jnp.ones((1, 3, 1))
+    >>> h_re, h_im = linear_recurrence_planes(jnp.array([0.5j]), b, b)
+    >>> h_re[0, :, 0], h_im[0, :, 0]
+    (Array([1.  , 0.5 , 0.25], dtype=float32), Array([1.  , 1.5 , 1.25], dtype=float32))
+    """
+    b_re, b_im = jnp.asarray(b_re), jnp.asarray(b_im)
+    if b_re.shape != b_im.shape:
+        raise ValueError(f"b_re {b_re.shape} and b_im {b_im.shape} must have one shape")
+    for x in (b_re, b_im):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"linear_recurrence_planes needs real float planes, got {x.dtype}")
+    if b_re.ndim < 2:
+        raise ValueError(f"b must have shape (batch, length, *state); got {b_re.shape}")
+    dtype = jnp.result_type(b_re, b_im, jnp.float32)
+    b_re, b_im = b_re.astype(dtype), b_im.astype(dtype)
+    a = _expand_a(jnp.asarray(a), b_re).astype(jnp.complex64)
+    state_shape = (b_re.shape[0], *b_re.shape[2:])
+    if h0 is not None:
+        h0 = jnp.asarray(h0).astype(jnp.complex64)
+        if h0.shape != state_shape:
+            raise ValueError(f"h0 must have shape {state_shape} (b, *s); got {h0.shape}")
+    if reset is not None:
+        reset = jnp.asarray(reset)
+        if reset.shape != b_re.shape[:2]:
+            raise ValueError(f"reset must have shape (b, l) = {b_re.shape[:2]}; got {reset.shape}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+    if b_re.shape[1] == 0:
+        return b_re, b_im
+    return dispatch(
+        "linear_recurrence_planes",
+        implementation,
+        PLANES_IMPLEMENTATIONS,
+        _auto_chain(b_re.shape[1]),
+        a,
+        b_re,
+        b_im,
+        h0,
+        reverse,
+        reset,
+        chunk_size,
+    )
+
+
+def pallas_first(implementation: str | Sequence[str] | None) -> bool:
+    """Whether ``implementation`` (as passed to :func:`linear_recurrence`) tries the Pallas
+    kernel first here: layers then keep complex states as planes
+    (:func:`linear_recurrence_planes`)."""
+    if implementation is None:
+        chain = _auto_chain(0)
+    elif isinstance(implementation, str):
+        chain = (implementation,)
+    else:
+        chain = tuple(implementation)
+    return bool(chain) and chain[0] == "pallas"
