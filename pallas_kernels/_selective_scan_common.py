@@ -31,6 +31,8 @@ class _Config(NamedTuple):
     has_bias: bool
     interpret: bool
     chunks: int = 1  # > 1: the two-pass L-parallel forward (not differentiated calls)
+    bc_block: bool = False  # channel forward: load a block's B/C before its first store
+    pack_bc: bool = False  # channel layouts: bf16 B/C passed as uint32 pairs
 
 
 class _Inputs(NamedTuple):
@@ -132,7 +134,7 @@ def _discretize(row, A2, bias, softplus):
 # Forward kernel
 
 
-def _load_rows_channel(r, start, count, n: int, bc: bool):
+def _load_rows_channel(r, start, count, n: int, bc: bool, packed: bool = False):
     """Channel layout: ``x``/``dt``/``z`` rows and (if ``bc``) ``B_t``/``C_t`` as ``n`` scalars."""
     rows = []
     for u in range(count):
@@ -141,10 +143,41 @@ def _load_rows_channel(r, start, count, n: int, bc: bool):
         if r["z"] is not None:
             row["z"] = r["z"][t, :]
         if bc:
-            row["B"] = [r["B"][t, k] for k in range(n)]
-            row["C"] = [r["C"][t, k] for k in range(n)]
+            row["B"], row["C"] = bc_scalars_now(r, t, n, packed)
         rows.append(row)
     return rows
+
+
+def bc_scalars_now(r, t, n: int, packed: bool):
+    """Step ``t``'s ``B_t``, ``C_t`` as ``n`` scalars each, loaded now (``packed``: from
+    ``n / 2`` uint32 words each, unpacked to fp32)."""
+    if not packed:
+        return [r["B"][t, k] for k in range(n)], [r["C"][t, k] for k in range(n)]
+    out = []
+    for name in ("B", "C"):
+        vals = []
+        for j in range(n // 2):
+            vals.extend(unpack_bf16_pair(r[name][t, j]))
+        out.append(vals)
+    return out[0], out[1]
+
+
+def _packed(cfg: _Config) -> bool:
+    """Whether this launch gets ``B``/``C`` as ``uint32`` pairs of bf16 (channel layout)."""
+    return cfg.pack_bc and cfg.layout == "channel"
+
+
+def pack_bf16_pairs(v: jax.Array) -> jax.Array:
+    """``(..., n)`` bf16 -> ``(..., n / 2)`` uint32, element ``2j`` in the low half."""
+    return jax.lax.bitcast_convert_type(v.reshape(*v.shape[:-1], v.shape[-1] // 2, 2), jnp.uint32)
+
+
+def unpack_bf16_pair(w):
+    """A ``uint32`` word of two bf16 -> the two values as fp32 (``2j``, ``2j + 1``): a bf16
+    is the top half of the fp32 with the same bits."""
+    lo = jax.lax.bitcast_convert_type(w << 16, jnp.float32)
+    hi = jax.lax.bitcast_convert_type(w & jnp.uint32(0xFFFF0000), jnp.float32)
+    return lo, hi
 
 
 def _ckpt_channel(cfg: _Config) -> bool:

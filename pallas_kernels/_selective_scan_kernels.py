@@ -14,10 +14,12 @@ from pallas_kernels._selective_scan_common import (
     _in_names,
     _load_rows,
     _load_rows_channel,
+    _packed,
     _sigmoid,
     _split_refs,
     _step_inputs,
     _tree_sum,
+    bc_scalars_now,
 )
 
 # ----------------------------------------------------------------------------------------
@@ -59,12 +61,12 @@ def _fwd_kernel(*refs, cfg: _Config, length: int, save: bool):
     hT_ref[...] = h
 
 
-def _bc_scalars(r, row, t, n: int, prefetched: bool):
+def _bc_scalars(r, row, t, n: int, prefetched: bool, packed: bool = False):
     """Channel layout: step ``t``'s ``B_t``, ``C_t`` as ``n`` scalars each (from the
     prefetched ``row`` or loaded now)."""
     if prefetched:
         return row["B"], row["C"]
-    return [r["B"][t, k] for k in range(n)], [r["C"][t, k] for k in range(n)]
+    return bc_scalars_now(r, t, n, packed)
 
 
 def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
@@ -88,13 +90,20 @@ def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
     bias = r["bias"][...].astype(_F32) if cfg.has_bias else None
     U = cfg.unroll
 
+    packed = _packed(cfg)
+
     def load(start, count):
-        return _load_rows_channel(r, start, count, n, cfg.prefetch_bc)
+        return _load_rows_channel(r, start, count, n, cfg.prefetch_bc, packed)
 
     K = cfg.ckpt_every
 
     def body(start, rows, h):
         h = list(h)
+        # bc_block: the block's B/C loads go before its first store (loads are not moved
+        # across stores to refs that may alias, so inline loads wait once per step).
+        early = None
+        if cfg.bc_block and not cfg.prefetch_bc:
+            early = [bc_scalars_now(r, start + u, n, packed) for u in range(len(rows))]
         for u, row in enumerate(rows):
             t = start + u
             if save and u % K == 0:
@@ -105,7 +114,10 @@ def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
                     else:
                         ckpt_ref[blk, :, k] = h[k]
             x, _, dt, dtx = _step_inputs(row, bias, cfg.softplus)
-            Bs, Cs = _bc_scalars(r, row, t, n, cfg.prefetch_bc)
+            if early is not None:
+                Bs, Cs = early[u]
+            else:
+                Bs, Cs = _bc_scalars(r, row, t, n, cfg.prefetch_bc, packed)
             for k in range(n):
                 h[k] = jnp.exp2(dt * A2[k]) * h[k] + dtx * Bs[k].astype(_F32)
             y = _tree_sum(h[k] * Cs[k].astype(_F32) for k in range(n))
@@ -230,10 +242,12 @@ def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
     bias = r["bias"][...].astype(_F32) if cfg.has_bias else None
     U = cfg.unroll
 
+    packed = _packed(cfg)
+
     def load(start, count):
         blk = block_index(start, U)
         h_in = [r["ckpt"][blk, k, :] for k in range(n)]
-        rows = _load_rows_channel(r, start, count, n, cfg.prefetch_bc)
+        rows = _load_rows_channel(r, start, count, n, cfg.prefetch_bc, packed)
         for u, row in enumerate(rows):
             row["dy"] = r["dy"][start + u, :]
         return h_in, rows
@@ -248,7 +262,7 @@ def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
         for u, row in enumerate(rows):
             t = start + u
             x, dt_pre, dt, dtx = _step_inputs(row, bias, cfg.softplus)
-            Bs, Cs = _bc_scalars(r, row, t, n, cfg.prefetch_bc)
+            Bs, Cs = _bc_scalars(r, row, t, n, cfg.prefetch_bc, packed)
             Bs = [v.astype(_F32) for v in Bs]
             dA = [jnp.exp2(dt * A2[k]) for k in range(n)]
             hs.append([dA[k] * hs[-1][k] + dtx * Bs[k] for k in range(n)])

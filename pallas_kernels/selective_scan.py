@@ -64,6 +64,8 @@ from pallas_kernels._selective_scan_common import (
     _compiler_params,
     _Config,
     _Inputs,
+    _packed,
+    pack_bf16_pairs,
 )
 from pallas_kernels._selective_scan_kernels import (
     _bwd_kernel,
@@ -82,9 +84,10 @@ __all__ = ["selective_scan"]
 def _spec_fns(cfg: _Config, d: int, length: int, n: int):
     bd = cfg.block_d
     per_group = (d // cfg.groups) // bd  # channel blocks per B/C group
+    n_bc = n // 2 if _packed(cfg) else n
     return {
         "seq": pl.BlockSpec((None, length, bd), lambda i, j: (i, 0, j)),
-        "bc": pl.BlockSpec((None, length, None, n), lambda i, j: (i, 0, j // per_group, 0)),
+        "bc": pl.BlockSpec((None, length, None, n_bc), lambda i, j: (i, 0, j // per_group, 0)),
         "chan": pl.BlockSpec((bd,), lambda i, j: (j,)),
         "chan_n": pl.BlockSpec((bd, n), lambda i, j: (j, 0)),
         "n_chan": pl.BlockSpec((n, bd), lambda i, j: (0, j)),
@@ -97,6 +100,8 @@ def _spec_fns(cfg: _Config, d: int, length: int, n: int):
 
 def _common_inputs(cfg: _Config, p: _Inputs, s, channel: bool = False):
     A2 = p.A.astype(_F32) * _LOG2E
+    if _packed(cfg):
+        p = p._replace(B=pack_bf16_pairs(p.B), C=pack_bf16_pairs(p.C))
     if channel:
         args = [p.x, p.dt, A2.T, p.B, p.C]
         specs = [s["seq"], s["seq"], s["n_chan"], s["bc"], s["bc"]]
@@ -344,6 +349,8 @@ def selective_scan(
     bwd_block_d: int | None = None,
     bwd_num_warps: int | None = None,
     chunks: int = 1,
+    bc_block: bool = False,
+    pack_bc: bool = False,
 ):
     """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
 
@@ -391,6 +398,11 @@ def selective_scan(
         start (twice the exps, ``chunks`` times the programs; for grids too small to fill
         the GPU, e.g. long sequences at batch 1-2). Must divide ``l``. Differentiated calls
         always run the single pass. Not yet timed on a GPU: the default is 1.
+      bc_block: ``"channel"`` forward: load all ``B_t``/``C_t`` scalars of a block at its
+        start, before any of its stores (inline loads cannot be moved above the previous
+        step's stores, so each step would wait for its own loads).
+      pack_bc: ``"channel"`` kernels with bf16 ``B``/``C`` and even ``n``: pass them as
+        ``uint32`` words of two bf16 values (half the scalar loads; unpacked by a shift).
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
         with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
         a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
@@ -465,7 +477,13 @@ def selective_scan(
         raise NotImplementedError(
             f"selective_scan kernel: chunks={chunks!r} must divide l={length}"
         )
+    if pack_bc and not (
+        jnp.dtype(B.dtype) == jnp.bfloat16 and jnp.dtype(C.dtype) == jnp.bfloat16 and n % 2 == 0
+    ):
+        raise NotImplementedError("selective_scan kernel: pack_bc needs bf16 B and C, even n")
     cfg = _Config(
+        bc_block=bool(bc_block),
+        pack_bc=bool(pack_bc),
         chunks=chunks,
         block_d=bd,
         unroll=unroll,

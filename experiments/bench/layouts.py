@@ -47,6 +47,41 @@ SS_FWD = [
     {"layout": "channel", "block_d": 128, "num_warps": 4, "unroll": 4},
     {"layout": "channel", "block_d": 64, "num_warps": 2, "unroll": 2},
     {"layout": "channel", "block_d": 16, "num_warps": 1, "unroll": 4},
+    # 13-18: a block's B/C loads before its stores (bc_block), bf16 B/C as uint32 pairs
+    {"layout": "channel", "block_d": 64, "num_warps": 2, "unroll": 4, "bc_block": True},
+    {
+        "layout": "channel",
+        "block_d": 64,
+        "num_warps": 2,
+        "unroll": 4,
+        "bc_block": True,
+        "pack_bc": True,
+    },
+    {
+        "layout": "channel",
+        "block_d": 32,
+        "num_warps": 1,
+        "unroll": 4,
+        "bc_block": True,
+        "pack_bc": True,
+    },
+    {
+        "layout": "channel",
+        "block_d": 64,
+        "num_warps": 2,
+        "unroll": 8,
+        "bc_block": True,
+        "pack_bc": True,
+    },
+    {"layout": "channel", "block_d": 64, "num_warps": 2, "unroll": 4, "pack_bc": True},
+    {
+        "layout": "channel",
+        "block_d": 64,
+        "num_warps": 2,
+        "unroll": 2,
+        "bc_block": True,
+        "pack_bc": True,
+    },
 ]
 
 # Backward configurations, each behind the fastest forward above.
@@ -118,7 +153,8 @@ def sweep_selective(quick, deadline, results, pick):
         row["wall s"] = time.perf_counter() - t0
         rows.append(row)
         print("  ", row, flush=True)
-    cols = ["layout", "block_d", "num_warps", "unroll", "fwd ms", "rel L2 y", "wall s", "note"]
+    cols = ["layout", "block_d", "num_warps", "unroll", "bc_block", "pack_bc", "fwd ms", "rel L2 y"]
+    cols += ["wall s", "note"]
     print(table(rows, cols), flush=True)
     results["selective_scan_fwd"] = rows
     timed = [r for r in rows if "fwd ms" in r and r["rel L2 y"] < 1e-2 and r["layout"] == "channel"]

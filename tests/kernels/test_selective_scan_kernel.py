@@ -72,6 +72,13 @@ LAYOUTS = {
     # Forward blocks longer than the backward's (checkpoints every bwd_unroll steps).
     "chan-chan-bwd2": {"layout": "channel", "bwd_layout": "channel", "bwd_unroll": 2},
     "state-state-bwd2": {"layout": "state", "bwd_unroll": 2},
+    # B/C loads of a whole block first; bf16 B/C as uint32 pairs (fp32 cases: unpacked).
+    "chan-chan-bcblock-pack": {
+        "layout": "channel",
+        "bwd_layout": "channel",
+        "bc_block": True,
+        "pack_bc": True,
+    },
 }
 
 
@@ -80,6 +87,8 @@ LAYOUTS = {
 def test_matches_sequential(rng, dtype, length, groups, full, unroll, opts):
     if opts.get("block_d") and 8 // max(groups) < opts["block_d"]:
         opts = {**opts, "block_d": None, "bwd_block_d": None}
+    if opts.get("pack_bc") and dtype != "bfloat16":
+        opts = {**opts, "pack_bc": False}
     args = make_inputs(rng, jnp.dtype(dtype), length, groups, full)
 
     def kernel(p):
@@ -115,8 +124,12 @@ def test_matches_sequential(rng, dtype, length, groups, full, unroll, opts):
 
 @pytest.mark.parametrize(
     "opts",
-    [{"layout": "channel", "bwd_layout": "channel", "prefetch_bc": False}, {"layout": "state"}],
-    ids=["channel", "state"],
+    [
+        {"layout": "channel", "bwd_layout": "channel", "prefetch_bc": False},
+        {"layout": "state"},
+        {"layout": "channel", "bwd_layout": "channel", "bc_block": True, "pack_bc": True},
+    ],
+    ids=["channel", "state", "channel-bcblock-pack"],
 )
 def test_lowers_to_triton(rng, monkeypatch, opts):
     """Forward and backward lower to Triton IR (cross-lowered for CUDA, no GPU needed).
@@ -167,6 +180,8 @@ def test_fail_closed(rng):
         selective_scan_kernel(**{**args, "x": args["x"].astype(jnp.float16)}, interpret=True)
     with pytest.raises(NotImplementedError, match="must divide unroll"):
         selective_scan_kernel(**args, interpret=True, unroll=2, bwd_unroll=4)
+    with pytest.raises(NotImplementedError, match="pack_bc"):
+        selective_scan_kernel(**args, interpret=True, pack_bc=True)
     with pytest.raises(NotImplementedError, match="chunks"):
         selective_scan_kernel(**args, interpret=True, chunks=2)
 
