@@ -33,6 +33,7 @@ class _Config(NamedTuple):
     chunks: int = 1  # > 1: the two-pass L-parallel forward (not differentiated calls)
     bc_block: bool = False  # channel forward: load a block's B/C before its first store
     pack_bc: bool = False  # channel layouts: bf16 B/C passed as uint32 pairs
+    bwd_prefetch_bc: bool = False  # channel backward: prefetch the next block's B/C
 
 
 class _Inputs(NamedTuple):

@@ -299,6 +299,7 @@ def _scan_bwd(cfg: _Config, residuals, cotangents):
         block_d=cfg.bwd_block_d,
         num_warps=cfg.bwd_num_warps,
         unroll=cfg.ckpt_every,
+        prefetch_bc=cfg.bwd_prefetch_bc,
     )
     g = _run_bwd(bwd_cfg, p._replace(h0=h0), ckpt, dy, dh)
     cast = lambda v, like: None if like is None else v.astype(like.dtype)
@@ -351,6 +352,7 @@ def selective_scan(
     chunks: int = 1,
     bc_block: bool = False,
     pack_bc: bool = False,
+    bwd_prefetch_bc: bool = False,
 ):
     """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
 
@@ -403,6 +405,8 @@ def selective_scan(
         step's stores, so each step would wait for its own loads).
       pack_bc: ``"channel"`` kernels with bf16 ``B``/``C`` and even ``n``: pass them as
         ``uint32`` words of two bf16 values (half the scalar loads; unpacked by a shift).
+      bwd_prefetch_bc: ``"channel"`` backward: prefetch the next block's B/C scalars with
+        its other rows (``prefetch_bc`` is the forward's).
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
         with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
         a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
@@ -483,6 +487,7 @@ def selective_scan(
         raise NotImplementedError("selective_scan kernel: pack_bc needs bf16 B and C, even n")
     cfg = _Config(
         bc_block=bool(bc_block),
+        bwd_prefetch_bc=bool(bwd_prefetch_bc),
         pack_bc=bool(pack_bc),
         chunks=chunks,
         block_d=bd,

@@ -48,40 +48,20 @@ SS_FWD = [
     {"layout": "channel", "block_d": 64, "num_warps": 2, "unroll": 2},
     {"layout": "channel", "block_d": 16, "num_warps": 1, "unroll": 4},
     # 13-18: a block's B/C loads before its stores (bc_block), bf16 B/C as uint32 pairs
-    {"layout": "channel", "block_d": 64, "num_warps": 2, "unroll": 4, "bc_block": True},
-    {
-        "layout": "channel",
-        "block_d": 64,
-        "num_warps": 2,
-        "unroll": 4,
-        "bc_block": True,
-        "pack_bc": True,
-    },
-    {
-        "layout": "channel",
-        "block_d": 32,
-        "num_warps": 1,
-        "unroll": 4,
-        "bc_block": True,
-        "pack_bc": True,
-    },
-    {
-        "layout": "channel",
-        "block_d": 64,
-        "num_warps": 2,
-        "unroll": 8,
-        "bc_block": True,
-        "pack_bc": True,
-    },
-    {"layout": "channel", "block_d": 64, "num_warps": 2, "unroll": 4, "pack_bc": True},
-    {
-        "layout": "channel",
-        "block_d": 64,
-        "num_warps": 2,
-        "unroll": 2,
-        "bc_block": True,
-        "pack_bc": True,
-    },
+    *(
+        {"layout": "channel", "block_d": bd, "num_warps": w, "unroll": u, **extra}
+        for bd, w, u, extra in [
+            (64, 2, 4, {"bc_block": True}),
+            (64, 2, 4, {"bc_block": True, "pack_bc": True}),
+            (32, 1, 4, {"bc_block": True, "pack_bc": True}),
+            (64, 2, 8, {"bc_block": True, "pack_bc": True}),
+            (64, 2, 4, {"pack_bc": True}),
+            (64, 2, 2, {"bc_block": True, "pack_bc": True}),
+            # 19-20: the next block's packed B/C prefetched with its other rows
+            (64, 2, 4, {"prefetch_bc": True, "pack_bc": True}),
+            (64, 2, 2, {"prefetch_bc": True, "pack_bc": True}),
+        ]
+    ),
 ]
 
 # Backward configurations, each behind the fastest forward above.
@@ -94,6 +74,14 @@ SS_BWD = [
     {"bwd_layout": "channel", "bwd_block_d": 128, "bwd_num_warps": 2, "bwd_unroll": 2},
     {"bwd_layout": "channel", "bwd_block_d": 64, "bwd_num_warps": 2, "bwd_unroll": 2},
     {"bwd_layout": "channel", "bwd_block_d": 16, "bwd_num_warps": 1, "bwd_unroll": 2},
+    # 8: the next block's B/C prefetched with its other rows
+    {
+        "bwd_layout": "channel",
+        "bwd_block_d": 32,
+        "bwd_num_warps": 1,
+        "bwd_unroll": 2,
+        "bwd_prefetch_bc": True,
+    },
 ]
 
 LS_CONFIGS = [
@@ -153,7 +141,8 @@ def sweep_selective(quick, deadline, results, pick):
         row["wall s"] = time.perf_counter() - t0
         rows.append(row)
         print("  ", row, flush=True)
-    cols = ["layout", "block_d", "num_warps", "unroll", "bc_block", "pack_bc", "fwd ms", "rel L2 y"]
+    cols = ["layout", "block_d", "num_warps", "unroll", "bc_block", "pack_bc", "prefetch_bc"]
+    cols += ["fwd ms", "rel L2 y"]
     cols += ["wall s", "note"]
     print(table(rows, cols), flush=True)
     results["selective_scan_fwd"] = rows
@@ -185,7 +174,8 @@ def sweep_selective(quick, deadline, results, pick):
         row["wall s"] = time.perf_counter() - t0
         rows.append(row)
         print("  ", row, flush=True)
-    cols = ["bwd_layout", "bwd_block_d", "bwd_num_warps", "bwd_unroll", "unroll", "fwd+bwd ms"]
+    cols = ["bwd_layout", "bwd_block_d", "bwd_num_warps", "bwd_unroll", "bwd_prefetch_bc", "unroll"]
+    cols += ["fwd+bwd ms"]
     print(table(rows, [*cols, "rel L2 grads (max)", "wall s", "note"]), flush=True)
     results["selective_scan_bwd"] = {"forward": fwd_cfg, "rows": rows}
 

@@ -79,6 +79,13 @@ LAYOUTS = {
         "bc_block": True,
         "pack_bc": True,
     },
+    "chan-chan-prefetch-pack": {
+        "layout": "channel",
+        "bwd_layout": "channel",
+        "prefetch_bc": True,
+        "bwd_prefetch_bc": True,
+        "pack_bc": True,
+    },
 }
 
 
@@ -128,8 +135,15 @@ def test_matches_sequential(rng, dtype, length, groups, full, unroll, opts):
         {"layout": "channel", "bwd_layout": "channel", "prefetch_bc": False},
         {"layout": "state"},
         {"layout": "channel", "bwd_layout": "channel", "bc_block": True, "pack_bc": True},
+        {
+            "layout": "channel",
+            "bwd_layout": "channel",
+            "prefetch_bc": True,
+            "bwd_prefetch_bc": True,
+            "pack_bc": True,
+        },
     ],
-    ids=["channel", "state", "channel-bcblock-pack"],
+    ids=["channel", "state", "channel-bcblock-pack", "channel-prefetch-pack"],
 )
 def test_lowers_to_triton(rng, monkeypatch, opts):
     """Forward and backward lower to Triton IR (cross-lowered for CUDA, no GPU needed).
