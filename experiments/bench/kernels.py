@@ -245,7 +245,20 @@ def _jla_mamba1(args, softplus):
     return y
 
 
+def kernel_options(spec: str) -> dict:
+    """``"bc_block+pack_bc+unroll=8"`` -> ``{"bc_block": True, "pack_bc": True, "unroll": 8}``
+    (the options of a ``"pallas:..."`` row: the kernel called directly with them)."""
+    opts = {}
+    for item in filter(None, spec.split("+")):
+        key, _, value = item.partition("=")
+        opts[key] = int(value) if value else True
+    return opts
+
+
 def ss_fns(impl, softplus=True, **kw):
+    if impl.startswith("pallas:"):
+        impl, kw = "pallas-kernel", {**kw, **kernel_options(impl.split(":", 1)[1])}
+
     def run(args):
         if impl == "pallas-kernel":
             return selective_scan_kernel(**args, dt_softplus=softplus, **kw)
@@ -274,13 +287,12 @@ def bench_ss(b, length, d, n, dtype, repeats, impls):
         try:
             t0 = time.perf_counter()
             y = jax.block_until_ready(fwd(args))
-            row["fwd ms"] = time_ms(fwd, args, repeats=repeats if impl in ("pallas", "jla") else 5)
+            ours = impl.startswith("pallas") or impl == "jla"
+            row["fwd ms"] = time_ms(fwd, args, repeats=repeats if ours else 5)
             row["fwd exp/s"] = exps / row["fwd ms"] * 1e3
             results[impl] = {"y": y}
             g = jax.block_until_ready(grad(args, dy))
-            row["fwd+bwd ms"] = time_ms(
-                grad, args, dy, repeats=repeats if impl in ("pallas", "jla") else 3
-            )
+            row["fwd+bwd ms"] = time_ms(grad, args, dy, repeats=repeats if ours else 3)
             row["fwd+bwd exp/s (2/elem)"] = 2 * exps / row["fwd+bwd ms"] * 1e3
             results[impl]["g"] = [g[k] for k in SS_ARGS]
             row["wall s"] = time.perf_counter() - t0
@@ -478,7 +490,8 @@ def main(argv=None):
     parser.add_argument(
         "--ss-impls",
         default="pallas,chunked,associative,sequential",
-        help="comma-separated; 'jla' adds the jax-linear-attention 0.1.0 Mamba-1 anchor",
+        help="comma-separated; 'jla' adds the jax-linear-attention 0.1.0 Mamba-1 anchor; "
+        "'pallas:opt+opt=value' the kernel with options (e.g. pallas:bc_block+pack_bc)",
     )
     args = parser.parse_args(argv)
     print(header("python -m experiments.bench.kernels " + " ".join(argv or sys.argv[1:])))
