@@ -73,6 +73,7 @@ from pallas_kernels._selective_scan_kernels import (
     _fwd_kernel,
     _fwd_kernel_channel,
 )
+from pallas_kernels.linear_scan import default_chunks
 
 __all__ = ["selective_scan"]
 
@@ -345,22 +346,22 @@ def selective_scan(
     bwd_unroll: int | None = None,
     num_warps: int | None = None,
     num_stages: int = 1,
-    prefetch_bc: bool = False,
+    prefetch_bc: bool | None = None,
     bwd_layout: str = "channel",
     bwd_block_d: int | None = None,
     bwd_num_warps: int | None = None,
-    chunks: int = 1,
+    chunks: int | None = None,
     bc_block: bool = False,
-    pack_bc: bool = False,
+    pack_bc: bool | None = None,
     bwd_prefetch_bc: bool = False,
 ):
     """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
 
     Defaults (``layout="channel"``, 64 channels and 2 warps per forward program,
     ``unroll=4``; ``bwd_layout="channel"``, 32 channels and 1 warp per backward program,
-    ``bwd_unroll=2``; ``prefetch_bc=False``) are the fastest measured on the H100 at
-    (8, 4096, 4096, 16) bf16 (``experiments/bench/layouts.py``, BENCHMARKS.md);
-    ``prefetch_bc=True`` spilled registers there (11.7 ms forward).
+    ``bwd_unroll=2``; bf16 ``B``/``C`` packed in pairs and prefetched a block ahead) are
+    the fastest measured on the H100 at (8, 4096, 4096, 16) bf16
+    (``experiments/bench/kernels.py`` and ``layouts.py``, BENCHMARKS.md).
 
     Args:
       x, dt, z: ``(b, l, d)``, float32 or bfloat16 (``z`` optional).
@@ -389,8 +390,10 @@ def selective_scan(
         memory is short.
       num_warps, num_stages: Triton launch parameters of the forward (``num_warps``
         defaults to ``BD / 32`` for ``"channel"``, ``BD n / 128`` for ``"state"``).
-      prefetch_bc: ``"channel"`` only: also prefetch the next block's ``2 n unroll`` B/C
-        scalars (more registers); otherwise they are loaded inside the block.
+      prefetch_bc: ``"channel"`` forward: also prefetch the next block's ``2 n unroll`` B/C
+        scalars (more registers); otherwise they are loaded inside the block. Default:
+        ``pack_bc`` (unpacked, the prefetched scalars spilled registers: 11.7 ms forward;
+        packed, 2.00 vs 2.30 ms on the H100).
       bwd_layout: register layout of the backward kernel: ``"channel"`` (default; same
         idea as the forward, holds ``~2 n unroll`` fp32 values per channel, so prefer a
         smaller ``unroll``) or ``"state"``. Independent of ``layout``.
@@ -399,12 +402,15 @@ def selective_scan(
         start, an associative scan over the chunks, then every chunk rescanned from its true
         start (twice the exps, ``chunks`` times the programs; for grids too small to fill
         the GPU, e.g. long sequences at batch 1-2). Must divide ``l``. Differentiated calls
-        always run the single pass. Not yet timed on a GPU: the default is 1.
+        always run the single pass. Default: :func:`pallas_kernels.linear_scan.default_chunks`
+        of the forward grid (H100, (2, 16384, 4096): 16 chunks 3.81 ms vs 7.95 ms single
+        pass; at (8, 4096, 4096) the single pass, 2.28 ms, beats 2 or 4 chunks).
       bc_block: ``"channel"`` forward: load all ``B_t``/``C_t`` scalars of a block at its
         start, before any of its stores (inline loads cannot be moved above the previous
         step's stores, so each step would wait for its own loads).
       pack_bc: ``"channel"`` kernels with bf16 ``B``/``C`` and even ``n``: pass them as
-        ``uint32`` words of two bf16 values (half the scalar loads; unpacked by a shift).
+        ``uint32`` words of two bf16 values (half the scalar loads and registers; unpacked
+        by a shift). Default: whenever possible.
       bwd_prefetch_bc: ``"channel"`` backward: prefetch the next block's B/C scalars with
         its other rows (``prefetch_bc`` is the forward's).
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
@@ -477,14 +483,20 @@ def selective_scan(
         bwd_warps = fwd_warps
     else:
         bwd_warps = chan_warps(bwd_bd) if bwd_channel else state_warps(bwd_bd)
+    if chunks is None:
+        chunks = default_chunks(b, d // bd, length)
     if not isinstance(chunks, int) or chunks < 1 or length % chunks:
         raise NotImplementedError(
             f"selective_scan kernel: chunks={chunks!r} must divide l={length}"
         )
-    if pack_bc and not (
-        jnp.dtype(B.dtype) == jnp.bfloat16 and jnp.dtype(C.dtype) == jnp.bfloat16 and n % 2 == 0
-    ):
+    packable = jnp.dtype(B.dtype) == jnp.bfloat16 and jnp.dtype(C.dtype) == jnp.bfloat16
+    packable = packable and n % 2 == 0
+    if pack_bc is None:
+        pack_bc = packable
+    if pack_bc and not packable:
         raise NotImplementedError("selective_scan kernel: pack_bc needs bf16 B and C, even n")
+    if prefetch_bc is None:  # unpacked, the prefetched scalars spill registers
+        prefetch_bc = pack_bc
     cfg = _Config(
         bc_block=bool(bc_block),
         bwd_prefetch_bc=bool(bwd_prefetch_bc),

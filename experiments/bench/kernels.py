@@ -482,6 +482,7 @@ def main(argv=None):
     parser.add_argument("--sweep", action="store_true", help="time kernel configurations")
     parser.add_argument("--no-bench", action="store_true", help="skip the main tables")
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
+    parser.add_argument("--skip-linear", action="store_true", help="selective_scan table only")
     parser.add_argument(
         "--sweep-deadline", type=float, default=float("inf"), help="seconds after start"
     )
@@ -515,6 +516,8 @@ def bench(args):
         scan_shapes = [((2, 256, 64), "float32", False), ((2, 256, 32), "complex64", True)]
     cols = ["impl", "fwd ms", "fwd+bwd ms", "fwd TB/s", "fwd / floor", "fwd+bwd / floor"]
     cols += ["assoc/this fwd+bwd", "err fwd", "err grad", "note"]
+    if args.skip_linear:
+        scan_shapes = []
     for shape, dtype, lti in scan_shapes:
         kind = "time-invariant a (d,)" if lti else "time-varying a"
         print(

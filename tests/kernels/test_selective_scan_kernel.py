@@ -237,3 +237,21 @@ def test_two_pass_forward_matches_sequential(rng, dtype, length, groups, full, c
                 assert_allclose(
                     g[name], g_ref[name], dtype=tol, n=length, kind="grad", err_msg=name
                 )
+
+
+def test_default_chunks_only_for_small_grids(rng):
+    """Undifferentiated calls on a grid too small for the GPU take the two-pass forward (two
+    kernel launches); large grids and differentiated calls the single pass."""
+    from pallas_kernels.linear_scan import default_chunks
+
+    args = make_inputs(rng, jnp.bfloat16, 512, (1, 1), True, b=1, d=64, n=16)
+    f = lambda p: selective_scan_kernel(**p, dt_softplus=True, interpret=True)
+    n_calls = lambda jaxpr: str(jaxpr).count("pallas_call")
+    assert default_chunks(1, 1, 512) == 2
+    assert n_calls(jax.make_jaxpr(f)(args)) == 2
+    assert (
+        n_calls(
+            jax.make_jaxpr(lambda p: selective_scan_kernel(**p, chunks=1, interpret=True))(args)
+        )
+        == 1
+    )
