@@ -353,7 +353,7 @@ def selective_scan(
     chunks: int | None = None,
     bc_block: bool = False,
     pack_bc: bool | None = None,
-    bwd_prefetch_bc: bool = False,
+    bwd_prefetch_bc: bool | None = None,
 ):
     """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
 
@@ -412,7 +412,7 @@ def selective_scan(
         ``uint32`` words of two bf16 values (half the scalar loads and registers; unpacked
         by a shift). Default: whenever possible.
       bwd_prefetch_bc: ``"channel"`` backward: prefetch the next block's B/C scalars with
-        its other rows (``prefetch_bc`` is the forward's).
+        its other rows (``prefetch_bc`` is the forward's). Default: ``pack_bc``.
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
         with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
         a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
@@ -497,6 +497,8 @@ def selective_scan(
         raise NotImplementedError("selective_scan kernel: pack_bc needs bf16 B and C, even n")
     if prefetch_bc is None:  # unpacked, the prefetched scalars spill registers
         prefetch_bc = pack_bc
+    if bwd_prefetch_bc is None:
+        bwd_prefetch_bc = pack_bc
     cfg = _Config(
         bc_block=bool(bc_block),
         bwd_prefetch_bc=bool(bwd_prefetch_bc),
