@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from experiments.bench._harness import header, table, time_ms
 from experiments.bench.kernels import SS_ARGS, rel_l2, scan_fns, scan_inputs, ss_fns, ss_inputs
+from ssmjax.ops import linear_recurrence
 
 # Forward configurations (the backward of a forward-only row is never run).
 SS_FWD = [
@@ -264,6 +265,60 @@ def sweep_chunks(quick, deadline, results):
     results["linear_scan_chunks"] = rows
 
 
+PLANES_CONFIGS = [{}, {"chunks": 2}, {"chunks": 4}, {"block_d": 16}, {"unroll": 32}]
+
+
+def sweep_planes(quick, deadline, results):
+    """``linear_scan_planes`` (complex as real/imaginary planes, as the S5/LRU/S4D layers call
+    it) at (8, 4096, 1024): launch options, time-varying and time-invariant ``a``; checked
+    against the XLA associative form on the same planes."""
+    from pallas_kernels.linear_scan import linear_scan_planes
+
+    shape = (2, 512, 64) if quick else (8, 4096, 1024)
+    print(f"\n## linear_scan_planes configurations, {shape} complex64 as planes", flush=True)
+    a, b, ct = scan_inputs(shape, "complex64")
+    planes = lambda z: (jnp.real(z), jnp.imag(z))
+    cp = planes(ct)
+    rows = []
+    for form in ("tv", "lti"):
+        ap, bp = planes(a if form == "tv" else a[0, 0]), planes(b)
+
+        def fns(run):
+            def loss(a_planes, b_planes):
+                h_re, h_im = run(a_planes, b_planes)
+                return jnp.sum(h_re * cp[0] - h_im * cp[1])
+
+            return jax.jit(run), jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+        ref = lambda ap, bp: planes(
+            linear_recurrence(
+                jax.lax.complex(*ap), jax.lax.complex(*bp), implementation="associative"
+            )
+        )
+        ref_fwd, ref_grad = fns(ref)
+        h_ref, g_ref = ref_fwd(ap, bp), ref_grad(ap, bp)
+        for config in PLANES_CONFIGS:
+            if time.perf_counter() > deadline:
+                print("  (deadline reached; rest skipped)")
+                break
+            row = {"a": form, **config}
+            try:
+                fwd, grad = fns(lambda ap, bp, config=config: linear_scan_planes(ap, bp, **config))
+                row["rel L2 h"] = max(_rel(x, y) for x, y in zip(fwd(ap, bp), h_ref, strict=True))
+                g = jax.tree.leaves(grad(ap, bp))
+                errs = [_rel(x, y) for x, y in zip(g, jax.tree.leaves(g_ref), strict=True)]
+                row["rel L2 grads"] = max(errs)
+                row["fwd ms"] = time_ms(fwd, ap, bp, repeats=20)
+                row["fwd+bwd ms"] = time_ms(grad, ap, bp, repeats=20)
+            except Exception as e:
+                row["note"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            rows.append(row)
+            print("  ", row, flush=True)
+    cols = ["a", "chunks", "block_d", "unroll", "fwd ms", "fwd+bwd ms", "rel L2 h"]
+    print(table(rows, [*cols, "rel L2 grads", "note"]), flush=True)
+    results["linear_scan_planes"] = rows
+
+
 SS_SHAPES = [
     # (b, l, d), z gate
     ((8, 4096, 1536), True),
@@ -342,7 +397,9 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
     parser.add_argument(
-        "--only", choices=("selective", "linear", "chunks", "ss-shapes", "ss-chunks"), default=None
+        "--only",
+        choices=("selective", "linear", "chunks", "ss-shapes", "ss-chunks", "planes"),
+        default=None,
     )
     for name in ("fwd", "bwd", "ls"):
         parser.add_argument(f"--{name}", default=None, help="comma-separated config indices")
@@ -366,6 +423,8 @@ def main(argv=None):
         sweep_ss_shapes(args.quick, deadline, results)
     if args.only in (None, "ss-chunks"):
         sweep_ss_chunks(args.quick, deadline, results)
+    if args.only in (None, "planes"):
+        sweep_planes(args.quick, deadline, results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)
