@@ -22,7 +22,11 @@ real/imaginary planes (the usual workaround for slow compilation of complex asso
 scans) was measured and is *slower* to compile on JAX 0.10/0.11: a 6-layer complex model,
 forward+backward, compiled in 2.0 s native vs 8.6 s with planes on a 2-core CPU, and the
 planes version was 1.5x slower to compile on an H100 too (``BENCHMARKS.md``). Only the
-Pallas kernels, which have no complex dtype, split the planes at their boundary.
+Pallas kernel, which has no complex dtype, works on planes: :func:`linear_recurrence`
+splits complex inputs for it and merges ``h``, while :func:`linear_recurrence_planes` takes
+``b`` and returns ``h`` as planes so no complex sequence is copied (the S5/LRU/S4D layers
+use it when the kernel is tried first; 3.2x faster than the associative form forward +
+backward at (8, 4096, 1024) with a time-varying ``a``, against 1.7x with complex in/out).
 """
 
 import functools
