@@ -331,8 +331,9 @@ SS_SHAPES = [
 
 
 def sweep_ss_shapes(quick, deadline, results):
-    """The selective_scan kernel (defaults) across d_inner and lengths at n = 16, bf16;
-    forward checked against the XLA chunked form (timed forward only)."""
+    """The selective_scan kernel (defaults) across d_inner and lengths at n = 16, bf16, and
+    the ``jax-linear-attention`` anchor where installed; forwards checked against the XLA
+    chunked form."""
     print("\n## selective_scan kernel (defaults) across shapes, n = 16, bf16, softplus + D")
     rows = []
     for (b, length, d), gate in SS_SHAPES:
@@ -354,10 +355,19 @@ def sweep_ss_shapes(quick, deadline, results):
             row["fwd exp/s"] = b * length * d * 16 / row["fwd ms"] * 1e3
         except Exception as e:
             row["note"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        try:  # the jax-linear-attention anchor, where its wheel is installed
+            jla_fwd, jla_grad = ss_fns("jla")
+            row["jla rel L2 y"] = rel_l2(jla_fwd(args), ref_fwd(args))
+            row["jla fwd ms"] = time_ms(jla_fwd, args, repeats=10)
+            row["jla fwd+bwd ms"] = time_ms(jla_grad, args, dy, repeats=5)
+            row["this/jla fwd+bwd"] = row["fwd+bwd ms"] / row["jla fwd+bwd ms"]
+        except Exception as e:
+            row["jla note"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
         rows.append(row)
         print("  ", row, flush=True)
     cols = ["b", "l", "d", "z", "fwd ms", "fwd+bwd ms", "fwd exp/s", "chunked fwd ms"]
-    print(table(rows, [*cols, "rel L2 y", "note"]), flush=True)
+    cols += ["jla fwd ms", "jla fwd+bwd ms", "this/jla fwd+bwd"]
+    print(table(rows, [*cols, "rel L2 y", "jla rel L2 y", "note", "jla note"]), flush=True)
     results["selective_scan_shapes"] = rows
 
 
