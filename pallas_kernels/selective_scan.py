@@ -30,6 +30,11 @@ Two register layouts (``layout=`` for the forward, ``bwd_layout=`` for the backw
   more than one gives each thread independent chains (instruction-level parallelism) and
   shares the scalar ``B_t``/``C_t`` loads between them.
 
+bf16 ``B``/``C`` with even ``n`` are passed to the channel kernels as ``uint32`` words of two
+values (``pack_bc``; a shift and a bitcast unpack them), which halves their scalar loads and
+the registers a prefetched block of them needs, so by default they are prefetched a block
+ahead with the other rows.
+
 Defaults: see :func:`selective_scan` (the channel backward holds ``~2 n bwd_unroll`` fp32
 values per thread, so its block is short).
 
