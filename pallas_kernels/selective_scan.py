@@ -396,9 +396,9 @@ def selective_scan(
       num_warps, num_stages: Triton launch parameters of the forward (``num_warps``
         defaults to ``BD / 32`` for ``"channel"``, ``BD n / 128`` for ``"state"``).
       prefetch_bc: ``"channel"`` forward: also prefetch the next block's ``2 n unroll`` B/C
-        scalars (more registers); otherwise they are loaded inside the block. Default:
-        ``pack_bc`` (unpacked, the prefetched scalars spilled registers: 11.7 ms forward;
-        packed, 2.00 vs 2.30 ms on the H100).
+        scalars (more registers); otherwise they are loaded inside the block. Default: when
+        ``pack_bc`` and ``n * unroll <= 64`` (unpacked, the prefetched scalars spilled
+        registers: 11.7 ms forward; packed, 2.00 vs 2.30 ms on the H100 at n = 16).
       bwd_layout: register layout of the backward kernel: ``"channel"`` (default; same
         idea as the forward, holds ``~2 n unroll`` fp32 values per channel, so prefer a
         smaller ``unroll``) or ``"state"``. Independent of ``layout``.
@@ -417,7 +417,8 @@ def selective_scan(
         ``uint32`` words of two bf16 values (half the scalar loads and registers; unpacked
         by a shift). Default: whenever possible.
       bwd_prefetch_bc: ``"channel"`` backward: prefetch the next block's B/C scalars with
-        its other rows (``prefetch_bc`` is the forward's). Default: ``pack_bc``.
+        its other rows (``prefetch_bc`` is the forward's). Default: when ``pack_bc`` and
+        ``n * bwd_unroll <= 32``.
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
         with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
         a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
@@ -500,10 +501,12 @@ def selective_scan(
         pack_bc = packable
     if pack_bc and not packable:
         raise NotImplementedError("selective_scan kernel: pack_bc needs bf16 B and C, even n")
-    if prefetch_bc is None:  # unpacked, the prefetched scalars spill registers
-        prefetch_bc = pack_bc
+    # Prefetched B/C words take n * unroll / 2 registers per thread: only where measured
+    # (n = 16 at the default unrolls); unpacked, they spilled registers at n = 16.
+    if prefetch_bc is None:
+        prefetch_bc = pack_bc and n * unroll <= 64
     if bwd_prefetch_bc is None:
-        bwd_prefetch_bc = pack_bc
+        bwd_prefetch_bc = pack_bc and n * bwd_unroll <= 32
     cfg = _Config(
         bc_block=bool(bc_block),
         bwd_prefetch_bc=bool(bwd_prefetch_bc),
