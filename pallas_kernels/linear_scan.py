@@ -98,7 +98,7 @@ def _unplanes(ps):
     return ps[0] if len(ps) == 1 else jax.lax.complex(ps[0], ps[1])
 
 
-def _pmap(f, ps) -> tuple:
+def _each(f, ps) -> tuple:
     return tuple(f(x) for x in ps)
 
 
@@ -395,7 +395,7 @@ def _two_pass(cfg: _Config, ap, bp, h0p, reverse: bool):
     # Pass 2 on the small (batch, chunks, d) arrays, in complex arithmetic where complex.
     ends = _unplanes(outs[:n])
     if lti:
-        a_c = _unplanes(_pmap(lambda x: x.astype(_F32), ap))
+        a_c = _unplanes(_each(lambda x: x.astype(_F32), ap))
         prods = jnp.broadcast_to(lax.integer_pow(a_c, chunk)[:, None], ends.shape)
     else:
         prods = _unplanes(outs[n:])
@@ -441,12 +441,12 @@ def _two_pass_bwd(cfg: _Config, ap, hp, dhp, h0p, b_dtype):
                 jnp.concatenate([pad, a[:, :-1]], 1) if rev else jnp.concatenate([a[:, 1:], pad], 1)
             )
 
-        a_next = _pmap(shift, ap)
+        a_next = _each(shift, ap)
     if len(a_next) == 2:  # the adjoint runs with conj(a)
         a_next = (a_next[0], -a_next[1])
-    zeros = _pmap(jnp.zeros_like, h0p)
+    zeros = _each(jnp.zeros_like, h0p)
     g = _two_pass(cfg, a_next, dhp, zeros, reverse=not rev)
-    gf = _pmap(lambda x: x.astype(_F32), g)
+    gf = _each(lambda x: x.astype(_F32), g)
 
     def prev(h, h0):
         h0c, hf = h0.astype(_F32)[:, None], h.astype(_F32)
@@ -457,14 +457,14 @@ def _two_pass_bwd(cfg: _Config, ap, hp, dhp, h0p, b_dtype):
     h_prev = tuple(prev(h, h0) for h, h0 in zip(hp, h0p, strict=True))
     da = _mul_conj(gf, h_prev)
     if lti:
-        da = _pmap(lambda x: jnp.sum(x, axis=1), da)
+        da = _each(lambda x: jnp.sum(x, axis=1), da)
     else:
-        da = _pmap(lambda x: x.astype(ap[0].dtype), da)
+        da = _each(lambda x: x.astype(ap[0].dtype), da)
     first = -1 if rev else 0
-    a_first = _pmap(lambda x: x.astype(_F32), ap if lti else _pmap(lambda x: x[:, first], ap))
-    dh0 = _mul_conj(_pmap(lambda x: x[:, first], gf), a_first)
-    dh0 = _pmap(lambda x: x.astype(h0p[0].dtype), dh0)
-    return _pmap(lambda x: x.astype(b_dtype), g), tuple(da), dh0
+    a_first = _each(lambda x: x.astype(_F32), ap if lti else _each(lambda x: x[:, first], ap))
+    dh0 = _mul_conj(_each(lambda x: x[:, first], gf), a_first)
+    dh0 = _each(lambda x: x.astype(h0p[0].dtype), dh0)
+    return _each(lambda x: x.astype(b_dtype), g), tuple(da), dh0
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -491,10 +491,10 @@ def _scan_bwd(cfg: _Config, residuals, dhp):
     dhp = tuple(dh.astype(h.dtype) for dh, h in zip(dhp, hp, strict=True))
     dbp, dap, dh0p = run_bwd(cfg, ap, hp, dhp, h0p, b_like.dtype)
     if ap[0].ndim == 2 and ap[0].shape[0] != dap[0].shape[0]:  # shared time-invariant a
-        dap = _pmap(lambda x: jnp.sum(x, axis=0, keepdims=True), dap)
+        dap = _each(lambda x: jnp.sum(x, axis=0, keepdims=True), dap)
     return (
         tuple(x.astype(a.dtype) for x, a in zip(dap, ap, strict=True)),
-        _pmap(lambda x: x.astype(b_like.dtype), dbp),
+        _each(lambda x: x.astype(b_like.dtype), dbp),
         tuple(x.astype(h.dtype) for x, h in zip(dh0p, h0p, strict=True)),
     )
 
@@ -592,17 +592,17 @@ def _run_planes(
         d *= s
     if b0.size >= 2**31 or length * max(d, 1) * batch >= 2**31:
         raise NotImplementedError("linear_scan: more than 2**31 elements (int32 offsets)")
-    ap = _pmap(lambda x: _compact_a(x, b0.shape), ap)
+    ap = _each(lambda x: _compact_a(x, b0.shape), ap)
     # La == 1: the time-invariant path, a stays (Ba, d). Otherwise a full (batch, l, d) copy.
     time_invariant = ap[0].shape[1] == 1
     if not time_invariant:
-        ap = _pmap(lambda x: jnp.broadcast_to(x, b0.shape), ap)
+        ap = _each(lambda x: jnp.broadcast_to(x, b0.shape), ap)
     if h0p is None:
         h0p = tuple(jnp.zeros((batch, *state_shape), _F32) for _ in range(n))
     for x in h0p:
         if x.shape != (batch, *state_shape):
             raise ValueError(f"h0 must have shape {(batch, *state_shape)}; got {x.shape}")
-    h0p = _pmap(lambda x: x.astype(_F32), h0p)
+    h0p = _each(lambda x: x.astype(_F32), h0p)
 
     bd = block_d or _default_block_d(batch, d)
     if unroll is None:
@@ -631,14 +631,14 @@ def _run_planes(
             x = jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((0, d_pad - d),))
         return x
 
-    af = _pmap(lambda x: flat(x, x.shape[:1] if time_invariant else (batch, length)), ap)
+    af = _each(lambda x: flat(x, x.shape[:1] if time_invariant else (batch, length)), ap)
     hp = _scan(
         cfg,
         af,
-        _pmap(lambda x: flat(x, (batch, length)), bp),
-        _pmap(lambda x: flat(x, (batch,)), h0p),
+        _each(lambda x: flat(x, (batch, length)), bp),
+        _each(lambda x: flat(x, (batch,)), h0p),
     )
-    return _pmap(lambda h: h[..., :d].reshape(b0.shape), hp)
+    return _each(lambda h: h[..., :d].reshape(b0.shape), hp)
 
 
 def linear_scan(
