@@ -151,19 +151,8 @@ def bench_scan(shape, dtype, hbm_tbps, repeats, lti=False):
             continue
         t_f = time_ms(fwd, a, b, repeats=repeats)
         t_b = time_ms(grad, a, b, ct, repeats=repeats)
-        rows.append(
-            {
-                "impl": impl,
-                "fwd ms": t_f,
-                "fwd+bwd ms": t_b,
-                "fwd TB/s": fwd_bytes / t_f / 1e9,
-                "fwd / floor": t_f / (fwd_bytes / hbm_tbps / 1e9),
-                "fwd+bwd / floor": t_b / ((fwd_bytes + bwd_bytes) / hbm_tbps / 1e9),
-                "err fwd": rel_err(h, h_ref),
-                "err grad": tree_err(g, g_ref),
-            }
-        )
-        print(f"  {impl:<12} fwd {t_f:8.3f} ms  fwd+bwd {t_b:8.3f} ms", flush=True)
+        floors = (fwd_bytes, bwd_bytes, hbm_tbps)
+        rows.append(_scan_row(impl, t_f, t_b, floors, rel_err(h, h_ref), tree_err(g, g_ref)))
     if jnp.iscomplexobj(b):
         rows.append(bench_scan_planes(a, b, ct, fwd_bytes, bwd_bytes, hbm_tbps, repeats))
     base = {r["impl"]: r for r in rows if "fwd ms" in r}
@@ -172,6 +161,26 @@ def bench_scan(shape, dtype, hbm_tbps, repeats, lti=False):
             if "fwd ms" in r:
                 r["assoc/this fwd+bwd"] = base["associative"]["fwd+bwd ms"] / r["fwd+bwd ms"]
     return rows
+
+
+def _scan_row(impl, t_f, t_b, floors, err_fwd, err_grad, note=None):
+    """One linear_recurrence table row: times, achieved bandwidth and ratios to the floor
+    (``floors = (fwd_bytes, bwd_bytes, hbm_tbps)``)."""
+    fwd_bytes, bwd_bytes, hbm_tbps = floors
+    print(f"  {impl:<12} fwd {t_f:8.3f} ms  fwd+bwd {t_b:8.3f} ms", flush=True)
+    row = {
+        "impl": impl,
+        "fwd ms": t_f,
+        "fwd+bwd ms": t_b,
+        "fwd TB/s": fwd_bytes / t_f / 1e9,
+        "fwd / floor": t_f / (fwd_bytes / hbm_tbps / 1e9),
+        "fwd+bwd / floor": t_b / ((fwd_bytes + bwd_bytes) / hbm_tbps / 1e9),
+        "err fwd": err_fwd,
+        "err grad": err_grad,
+    }
+    if note:
+        row["note"] = note
+    return row
 
 
 def bench_scan_planes(a, b, ct, fwd_bytes, bwd_bytes, hbm_tbps, repeats):
@@ -200,18 +209,11 @@ def bench_scan_planes(a, b, ct, fwd_bytes, bwd_bytes, hbm_tbps, repeats):
     h_ref, g_ref = jax.jit(ref)(ap, bp), loss_of(ref)(ap, bp)
     t_f = time_ms(fwd, ap, bp, repeats=repeats)
     t_b = time_ms(grad, ap, bp, repeats=repeats)
-    print(f"  {'pallas planes':<12} fwd {t_f:8.3f} ms  fwd+bwd {t_b:8.3f} ms", flush=True)
-    return {
-        "impl": "pallas planes",
-        "fwd ms": t_f,
-        "fwd+bwd ms": t_b,
-        "fwd TB/s": fwd_bytes / t_f / 1e9,
-        "fwd / floor": t_f / (fwd_bytes / hbm_tbps / 1e9),
-        "fwd+bwd / floor": t_b / ((fwd_bytes + bwd_bytes) / hbm_tbps / 1e9),
-        "err fwd": tree_err(h, h_ref),
-        "err grad": max(tree_err(x, y) for x, y in zip(g, g_ref, strict=True)),
-        "note": "planes in and out",
-    }
+    err_grad = max(tree_err(x, y) for x, y in zip(g, g_ref, strict=True))
+    floors = (fwd_bytes, bwd_bytes, hbm_tbps)
+    return _scan_row(
+        "pallas planes", t_f, t_b, floors, tree_err(h, h_ref), err_grad, "planes in and out"
+    )
 
 
 def _planes_of(h):

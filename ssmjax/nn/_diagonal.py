@@ -126,9 +126,7 @@ class DiagonalSSM(nnx.Module):
         Returns ``(C h`` summed over directions, the final complex state)."""
         bu_re, bu_im = self.project_in_planes(x, b_bar)
         a, bu_re = skip_masked(lambda_bar, bu_re, mask)
-        if mask is not None:
-            m = mask.reshape(mask.shape + (1,) * (bu_im.ndim - 2))
-            bu_im = jnp.where(m, bu_im, jnp.zeros((), bu_im.dtype))
+        _, bu_im = skip_masked(lambda_bar, bu_im, mask)
         impl = self.implementation
         h_re, h_im = linear_recurrence_planes(a, bu_re, bu_im, state, implementation=impl)
         y = self.project_out_planes(h_re, h_im, cs[0])

@@ -245,6 +245,23 @@ def _expand_a(a: jax.Array, b: jax.Array) -> jax.Array:
     return a
 
 
+def _check_args(b_shape: tuple[int, ...], h0, reset, chunk_size):
+    """Validates the arguments both entry points share; returns ``(h0, reset)`` as arrays
+    (``None`` stays ``None``)."""
+    state_shape = (b_shape[0], *b_shape[2:])
+    if h0 is not None:
+        h0 = jnp.asarray(h0)
+        if h0.shape != state_shape:
+            raise ValueError(f"h0 must have shape {state_shape} (b, *s); got {h0.shape}")
+    if reset is not None:
+        reset = jnp.asarray(reset)
+        if reset.shape != b_shape[:2]:
+            raise ValueError(f"reset must have shape (b, l) = {b_shape[:2]}; got {reset.shape}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+    return h0, reset
+
+
 def linear_recurrence(
     a: jax.Array,
     b: jax.Array,
@@ -297,10 +314,7 @@ def linear_recurrence(
     if b.ndim < 2:
         raise ValueError(f"b must have shape (batch, length, *state); got {b.shape}")
     state_shape = (b.shape[0], *b.shape[2:])
-    if h0 is not None:
-        h0 = jnp.asarray(h0)
-        if h0.shape != state_shape:
-            raise ValueError(f"h0 must have shape {state_shape} (b, *s); got {h0.shape}")
+    h0, reset = _check_args(b.shape, h0, reset, chunk_size)
     out_dtype = jnp.result_type(a, b) if h0 is None else jnp.result_type(a, b, h0)
     dtype = _compute_dtype(a, b) if h0 is None else _compute_dtype(a, b, h0)
     # Rank b.ndim, size-1 axes kept: each implementation broadcasts (or not) itself.
@@ -308,13 +322,8 @@ def linear_recurrence(
     b = b.astype(dtype)
     h0 = jnp.zeros(state_shape, dtype) if h0 is None else h0.astype(dtype)
     if reset is not None:
-        reset = jnp.asarray(reset)
-        if reset.shape != b.shape[:2]:
-            raise ValueError(f"reset must have shape (b, l) = {b.shape[:2]}; got {reset.shape}")
         reset = reset.reshape(reset.shape + (1,) * (b.ndim - 2))
         a = jnp.where(reset, jnp.zeros((), dtype), a)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
     if b.shape[1] == 0:
         return b.astype(out_dtype)
     h = dispatch(
@@ -360,7 +369,7 @@ def _planes_pallas(a, b_re, b_im, h0, reverse, reset, chunk_size):
         from pallas_kernels import linear_scan as _kernel
     except ImportError as e:
         raise NotImplementedError(f"the Pallas linear_scan kernel is not available ({e})") from e
-    a = _expand_a(a, b_re).astype(jnp.complex64)
+    # `a` arrives complex64 with b's rank (linear_recurrence_planes expanded it).
     if reset is not None:
         reset = reset.reshape(reset.shape + (1,) * (b_re.ndim - 2))
         a = jnp.where(reset, jnp.zeros((), a.dtype), a)
@@ -432,17 +441,9 @@ def linear_recurrence_planes(
     dtype = jnp.result_type(b_re, b_im, jnp.float32)
     b_re, b_im = b_re.astype(dtype), b_im.astype(dtype)
     a = _expand_a(jnp.asarray(a), b_re).astype(jnp.complex64)
-    state_shape = (b_re.shape[0], *b_re.shape[2:])
+    h0, reset = _check_args(b_re.shape, h0, reset, chunk_size)
     if h0 is not None:
-        h0 = jnp.asarray(h0).astype(jnp.complex64)
-        if h0.shape != state_shape:
-            raise ValueError(f"h0 must have shape {state_shape} (b, *s); got {h0.shape}")
-    if reset is not None:
-        reset = jnp.asarray(reset)
-        if reset.shape != b_re.shape[:2]:
-            raise ValueError(f"reset must have shape (b, l) = {b_re.shape[:2]}; got {reset.shape}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+        h0 = h0.astype(jnp.complex64)
     if b_re.shape[1] == 0:
         return b_re, b_im
     return dispatch(
