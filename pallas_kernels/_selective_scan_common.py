@@ -7,6 +7,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels._intrinsics import ex2, sigmoid, softplus
+
 _F32 = jnp.float32
 _LOG2E = math.log2(math.e)
 _LN2 = math.log(2.0)
@@ -34,6 +36,8 @@ class _Config(NamedTuple):
     bc_block: bool = False  # channel forward: load a block's B/C before its first store
     pack_bc: bool = False  # channel layouts: bf16 B/C passed as uint32 pairs
     bwd_prefetch_bc: bool = False  # channel backward: prefetch the next block's B/C
+    fast_math: bool = False  # MUFU approximations for exp2 / softplus / sigmoid
+    bwd_butterfly: bool = False  # channel backward: dB/dC by a warp reduce-scatter
 
 
 class _Inputs(NamedTuple):
@@ -54,6 +58,21 @@ def _softplus(v):
 
 def _sigmoid(v):
     return 1.0 / (1.0 + jnp.exp(-v))
+
+
+def _fast(cfg) -> bool | None:
+    """``None``: the libdevice forms; else the ``_intrinsics`` forms (PTX when ``True``)."""
+    return (not cfg.interpret) if cfg.fast_math else None
+
+
+def _exp2(v, cfg):
+    fast = _fast(cfg)
+    return jnp.exp2(v) if fast is None else ex2(v, fast)
+
+
+def _sig(v, cfg):
+    fast = _fast(cfg)
+    return _sigmoid(v) if fast is None else sigmoid(v, fast)
 
 
 def _tree_sum(terms):
@@ -114,21 +133,25 @@ def _load_rows(r, start, count, dy=False):
     return rows
 
 
-def _step_inputs(row, bias, softplus):
+def _step_inputs(row, bias, cfg):
     """``(x, dt_pre, dt, dt x)`` for one step, fp32 ``(BD,)``: ``dt_pre = dt + bias`` and
     ``dt = softplus(dt_pre)`` (or ``dt_pre``)."""
     x = row["x"].astype(_F32)
     dt_pre = row["dt"].astype(_F32)
     if bias is not None:
         dt_pre = dt_pre + bias
-    dt = _softplus(dt_pre) if softplus else dt_pre
+    if cfg.softplus:
+        fast = _fast(cfg)
+        dt = _softplus(dt_pre) if fast is None else softplus(dt_pre, fast)
+    else:
+        dt = dt_pre
     return x, dt_pre, dt, dt * x
 
 
-def _discretize(row, A2, bias, softplus):
+def _discretize(row, A2, bias, cfg):
     """State layout: ``(x, dt_pre, dt, exp(dt A), dt x)`` for one step, all fp32."""
-    x, dt_pre, dt, dtx = _step_inputs(row, bias, softplus)
-    return x, dt_pre, dt, jnp.exp2(dt[:, None] * A2), dtx
+    x, dt_pre, dt, dtx = _step_inputs(row, bias, cfg)
+    return x, dt_pre, dt, _exp2(dt[:, None] * A2, cfg), dtx
 
 
 # ----------------------------------------------------------------------------------------

@@ -3,19 +3,22 @@ in the ``"state"`` and the ``"channel"`` register layout. The design, layouts an
 checkpointing are described in :mod:`pallas_kernels.selective_scan`, which launches them."""
 
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 
 from pallas_kernels._common import block_index, blocked_loop
+from pallas_kernels._intrinsics import WARP, butterfly_sums
 from pallas_kernels._selective_scan_common import (
     _F32,
     _LN2,
     _ckpt_channel,
     _Config,
     _discretize,
+    _exp2,
     _in_names,
     _load_rows,
     _load_rows_channel,
     _packed,
-    _sigmoid,
+    _sig,
     _split_refs,
     _step_inputs,
     _tree_sum,
@@ -43,7 +46,7 @@ def _fwd_kernel(*refs, cfg: _Config, length: int, save: bool):
         for u, row in enumerate(rows):
             if save and u % K == 0:
                 ckpt_ref[block_index(start, K) + u // K, :, :] = h
-            x, _, _, dA, dtx = _discretize(row, A2, bias, cfg.softplus)
+            x, _, _, dA, dtx = _discretize(row, A2, bias, cfg)
             B = row["B"].astype(_F32)
             C = row["C"].astype(_F32)
             h = dA * h + dtx[:, None] * B[None, :]
@@ -52,7 +55,7 @@ def _fwd_kernel(*refs, cfg: _Config, length: int, save: bool):
                 y = y + D * x
             if cfg.has_z:
                 z = row["z"].astype(_F32)
-                y = y * (z * _sigmoid(z))
+                y = y * (z * _sig(z, cfg))
             y_ref[start + u, :] = y.astype(y_ref.dtype)
         return h
 
@@ -113,19 +116,19 @@ def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
                         ckpt_ref[blk, k, :] = h[k]
                     else:
                         ckpt_ref[blk, :, k] = h[k]
-            x, _, dt, dtx = _step_inputs(row, bias, cfg.softplus)
+            x, _, dt, dtx = _step_inputs(row, bias, cfg)
             if early is not None:
                 Bs, Cs = early[u]
             else:
                 Bs, Cs = _bc_scalars(r, row, t, n, cfg.prefetch_bc, packed)
             for k in range(n):
-                h[k] = jnp.exp2(dt * A2[k]) * h[k] + dtx * Bs[k].astype(_F32)
+                h[k] = _exp2(dt * A2[k], cfg) * h[k] + dtx * Bs[k].astype(_F32)
             y = _tree_sum(h[k] * Cs[k].astype(_F32) for k in range(n))
             if D is not None:
                 y = y + D * x
             if cfg.has_z:
                 z = row["z"].astype(_F32)
-                y = y * (z * _sigmoid(z))
+                y = y * (z * _sig(z, cfg))
             y_ref[t, :] = y.astype(y_ref.dtype)
         return tuple(h)
 
@@ -146,7 +149,7 @@ def _input_grads(cfg: _Config, o, t, x, dt, dt_pre, dy, adj_b, dda, D, acc_D, ac
     ``dda = sum_n dL/d(dt A_n) A_n`` are ``(BD,)``; returns ``(acc_D, acc_bias)``."""
     ddt = x * adj_b + dda
     if cfg.softplus:
-        ddt = ddt * _sigmoid(dt_pre)
+        ddt = ddt * _sig(dt_pre, cfg)
     if acc_bias is not None:
         acc_bias = acc_bias + ddt
     dx = dt * adj_b
@@ -179,7 +182,7 @@ def _bwd_kernel(*refs, cfg: _Config, length: int):
         h = h_in
         steps = []
         for row in rows:
-            x, dt_pre, dt, dA, dtx = _discretize(row, A2, bias, cfg.softplus)
+            x, dt_pre, dt, dA, dtx = _discretize(row, A2, bias, cfg)
             B = row["B"].astype(_F32)
             h_prev = h
             h = dA * h_prev + dtx[:, None] * B[None, :]
@@ -195,7 +198,7 @@ def _bwd_kernel(*refs, cfg: _Config, length: int):
                 y_pre = jnp.sum(h * C[None, :], axis=1)
                 if D is not None:
                     y_pre = y_pre + D * x
-                sig = _sigmoid(z)
+                sig = _sig(z, cfg)
                 o["dz"][t, :] = (dy * y_pre * sig * (1.0 + z * (1.0 - sig))).astype(o["dz"].dtype)
                 dy = dy * (z * sig)
             adj = adj + dy[:, None] * C[None, :]
@@ -233,8 +236,10 @@ def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
     per-thread; only the ``dB_t``/``dC_t`` partials reduce over the block's channels, stored
     as scalars. ``ckpt``, ``dh``, ``dh0``, ``dA`` are in ``(n, d)`` order."""
     r, outs = _split_refs(refs, _in_names(cfg, backward=True))
-    out_names = [("dx", True), ("ddt", True), ("dz", cfg.has_z), ("dB", True), ("dC", True)]
-    out_names += [("dA", True), ("dD", cfg.has_D), ("dbias", cfg.has_bias), ("dh0", True)]
+    # bwd_butterfly: "dB" is the (l, 32 * slots) block of butterfly sums of dB and dC.
+    out_names = [("dx", True), ("ddt", True), ("dz", cfg.has_z), ("dB", True)]
+    out_names += [("dC", not cfg.bwd_butterfly), ("dA", True), ("dD", cfg.has_D)]
+    out_names += [("dbias", cfg.has_bias), ("dh0", True)]
     o, _ = _split_refs(outs, out_names)
     A2 = [r["A2"][k, :].astype(_F32) for k in range(n)]
     A = [a * _LN2 for a in A2]
@@ -261,10 +266,10 @@ def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
         steps = []
         for u, row in enumerate(rows):
             t = start + u
-            x, dt_pre, dt, dtx = _step_inputs(row, bias, cfg.softplus)
+            x, dt_pre, dt, dtx = _step_inputs(row, bias, cfg)
             Bs, Cs = _bc_scalars(r, row, t, n, cfg.prefetch_bc, packed)
             Bs = [v.astype(_F32) for v in Bs]
-            dA = [jnp.exp2(dt * A2[k]) for k in range(n)]
+            dA = [_exp2(dt * A2[k], cfg) for k in range(n)]
             hs.append([dA[k] * hs[-1][k] + dtx * Bs[k] for k in range(n)])
             steps.append((x, dt_pre, dt, dtx, Bs, Cs, dA))
         # Adjoint, last step first.
@@ -280,19 +285,27 @@ def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
                 y_pre = _tree_sum(h[k] * Cs[k] for k in range(n))
                 if D is not None:
                     y_pre = y_pre + D * x
-                sig = _sigmoid(z)
+                sig = _sig(z, cfg)
                 o["dz"][t, :] = (dy * y_pre * sig * (1.0 + z * (1.0 - sig))).astype(o["dz"].dtype)
                 dy = dy * (z * sig)
-            adj_b_terms, dda_terms = [], []
+            adj_b_terms, dda_terms, dB_terms, dC_terms = [], [], [], []
             for k in range(n):
                 adj[k] = adj[k] + dy * Cs[k]
-                o["dC"][t, k] = jnp.sum(dy * h[k])
-                o["dB"][t, k] = jnp.sum(adj[k] * dtx)
+                if cfg.bwd_butterfly:
+                    dC_terms.append(dy * h[k])
+                    dB_terms.append(adj[k] * dtx)
+                else:
+                    o["dC"][t, k] = jnp.sum(dy * h[k])
+                    o["dB"][t, k] = jnp.sum(adj[k] * dtx)
                 adj_b_terms.append(adj[k] * Bs[k])
                 da_a = adj[k] * h_prev[k] * dA[k]  # dL/d(dt A)
                 acc_A[k] = acc_A[k] + da_a * dt
                 dda_terms.append(da_a * A[k])
                 adj[k] = adj[k] * dA[k]
+            if cfg.bwd_butterfly:  # one (32,) store per 32 sums, lane order permuted
+                sums = butterfly_sums(dB_terms + dC_terms, cfg.interpret)
+                for j, v in enumerate(sums):
+                    o["dB"][t, pl.ds(j * WARP, WARP)] = v
             adj_b, dda = _tree_sum(adj_b_terms), _tree_sum(dda_terms)
             acc_D, acc_bias = _input_grads(
                 cfg, o, t, x, dt, dt_pre, dy, adj_b, dda, D, acc_D, acc_bias

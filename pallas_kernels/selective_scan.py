@@ -58,9 +58,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 
 from pallas_kernels._common import check_backend, is_pow2, pow2_divisor
+from pallas_kernels._intrinsics import WARP, butterfly_positions
 from pallas_kernels._selective_scan_common import (
     _F32,
     _IO_DTYPES,
@@ -168,6 +170,15 @@ def _run_fwd(cfg: _Config, p: _Inputs, save: bool):
     return outs
 
 
+def _unpermute_butterfly(v, m: int):
+    """``(..., 32 slots)`` butterfly sums -> ``(..., m)`` in input order."""
+    pos = butterfly_positions(m)  # (slots, 32): input index held at each position
+    first = np.zeros((m,), np.int32)
+    for flat in reversed(range(pos.size)):
+        first[pos.reshape(-1)[flat]] = flat
+    return jnp.take(v, jnp.asarray(first), axis=-1)
+
+
 def _run_bwd(cfg: _Config, p: _Inputs, ckpt, dy, dh):
     b, length, d = p.x.shape
     n = p.A.shape[1]
@@ -191,8 +202,13 @@ def _run_bwd(cfg: _Config, p: _Inputs, ckpt, dy, dh):
     if cfg.has_z:
         out_shape.append(seq(p.z.dtype))
         out_specs.append(s["seq"])
-    out_shape += [part, part, st_shape]
-    out_specs += [s["part"], s["part"], st]
+    if cfg.bwd_butterfly:  # dB and dC as one block of butterfly sums
+        width = WARP * max(2 * n // WARP, 1)
+        out_shape += [jax.ShapeDtypeStruct((b, n_blocks, length, width), _F32), st_shape]
+        out_specs += [pl.BlockSpec((None, None, length, width), lambda i, j: (i, j, 0, 0)), st]
+    else:
+        out_shape += [part, part, st_shape]
+        out_specs += [s["part"], s["part"], st]
     for present in (cfg.has_D, cfg.has_bias):
         if present:
             out_shape.append(jax.ShapeDtypeStruct((b, d), _F32))
@@ -217,11 +233,16 @@ def _run_bwd(cfg: _Config, p: _Inputs, ckpt, dy, dh):
     )
     if channel:  # dA and dh0 back to (b, d, n)
         outs[-1] = jnp.swapaxes(outs[-1], 1, 2)
-        i_dA = 5 if cfg.has_z else 4
+        i_dA = 3 + cfg.has_z + (not cfg.bwd_butterfly)  # after dx, ddt, dz, dB(C), dC
         outs[i_dA] = jnp.swapaxes(outs[i_dA], 1, 2)
     dx, ddt = outs.pop(0), outs.pop(0)
     dz = outs.pop(0) if cfg.has_z else None
-    dB_part, dC_part, dA_part = outs.pop(0), outs.pop(0), outs.pop(0)
+    if cfg.bwd_butterfly:
+        dBC = _unpermute_butterfly(outs.pop(0), 2 * n)
+        dB_part, dC_part = dBC[..., :n], dBC[..., n:]
+    else:
+        dB_part, dC_part = outs.pop(0), outs.pop(0)
+    dA_part = outs.pop(0)
     dD = outs.pop(0).sum(0) if cfg.has_D else None
     dbias = outs.pop(0).sum(0) if cfg.has_bias else None
     dh0 = outs.pop(0)
@@ -359,6 +380,8 @@ def selective_scan(
     bc_block: bool = False,
     pack_bc: bool | None = None,
     bwd_prefetch_bc: bool | None = None,
+    fast_math: bool = True,
+    bwd_butterfly: bool | None = None,
 ):
     """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
 
@@ -419,6 +442,16 @@ def selective_scan(
       bwd_prefetch_bc: ``"channel"`` backward: prefetch the next block's B/C scalars with
         its other rows (``prefetch_bc`` is the forward's). Default: when ``pack_bc`` and
         ``n * bwd_unroll <= 32``.
+      fast_math: compute ``exp2``, softplus and sigmoid with the approximate MUFU
+        instructions (``ex2``/``lg2``/``rcp.approx.ftz``, relative error ~1e-6; softplus
+        switches to a series for small ``exp(-|v|)``) instead of libdevice ``expf``,
+        ``log1pf`` and IEEE division (default). Interpret mode runs the same formulas
+        exactly.
+      bwd_butterfly: ``"channel"`` backward with one warp of 32 channels: sum the ``2 n``
+        per-step ``dB``/``dC`` partials over the warp by one butterfly reduce-scatter
+        (``2 n - 1`` shuffles for ``n <= 16``, instead of ``5`` per partial) and store
+        them with one vector store per 32 sums. Default: whenever possible (the default
+        backward launch is one such warp).
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
         with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
         a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
@@ -507,7 +540,17 @@ def selective_scan(
         prefetch_bc = pack_bc and n * unroll <= 64
     if bwd_prefetch_bc is None:
         bwd_prefetch_bc = pack_bc and n * bwd_unroll <= 32
+    one_warp = bwd_channel and bwd_bd == WARP and (bwd_num_warps or bwd_warps) == 1
+    if bwd_butterfly is None:
+        bwd_butterfly = one_warp
+    if bwd_butterfly and not one_warp:
+        raise NotImplementedError(
+            "selective_scan kernel: bwd_butterfly needs the channel backward with "
+            "bwd_block_d=32 and one warp"
+        )
     cfg = _Config(
+        fast_math=bool(fast_math),
+        bwd_butterfly=bool(bwd_butterfly),
         bc_block=bool(bc_block),
         bwd_prefetch_bc=bool(bwd_prefetch_bc),
         pack_bc=bool(pack_bc),

@@ -130,6 +130,49 @@ def test_matches_sequential(rng, dtype, length, groups, full, unroll, opts):
 
 
 @pytest.mark.parametrize(
+    ("dtype", "length", "groups", "full", "unroll", "n"), [(*CASES[2], 32), (*CASES[3], 4)]
+)
+def test_fast_math_and_butterfly_match_sequential(rng, dtype, length, groups, full, unroll, n):
+    """``fast_math`` (its interpret twin: the same formulas on jnp) and the backward's
+    butterfly ``dB``/``dC`` sums over a 32-channel warp (fewer and more partials than
+    lanes: ``2 n`` = 8, 64; 32 in ``test_lowers_to_triton``'s case)."""
+    args = make_inputs(rng, jnp.dtype(dtype), length, groups, full, d=32 * max(groups), n=n)
+    opts = {"fast_math": True, "bwd_butterfly": True, "bwd_block_d": 32, "unroll": unroll}
+
+    def kernel(p):
+        return selective_scan_kernel(
+            **p, dt_softplus=full, return_final_state=True, interpret=True, **opts
+        )
+
+    def reference(p):
+        return selective_scan(
+            **p, dt_softplus=full, return_final_state=True, implementation="sequential"
+        )
+
+    (y, h), vjp = jax.vjp(kernel, args)
+    (y_ref, h_ref), vjp_ref = jax.vjp(reference, args)
+    tol = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    m = max(length, 4)
+    assert_allclose(y, y_ref, dtype=tol, n=m)
+    assert_allclose(h, h_ref, dtype=tol, n=m)
+    cts = (
+        jnp.asarray(rng.normal(size=y.shape), y.dtype),
+        jnp.asarray(rng.normal(size=h.shape), jnp.float32),
+    )
+    (grads,), (grads_ref,) = vjp(cts), vjp_ref(cts)
+    for name in ARGS:
+        if args[name] is not None:
+            assert_allclose(grads[name], grads_ref[name], dtype=tol, n=m, kind="grad", err_msg=name)
+
+
+def test_butterfly_needs_one_warp_of_32_channels(rng):
+    args = make_inputs(rng, jnp.float32, 4, (1, 1), True, d=64)
+    for bad in ({"bwd_block_d": 16}, {"bwd_layout": "state"}, {"bwd_num_warps": 2}):
+        with pytest.raises(NotImplementedError, match="bwd_butterfly"):
+            selective_scan_kernel(**args, interpret=True, bwd_butterfly=True, **bad)
+
+
+@pytest.mark.parametrize(
     "opts",
     [
         {"layout": "channel", "bwd_layout": "channel", "prefetch_bc": False},
@@ -142,8 +185,9 @@ def test_matches_sequential(rng, dtype, length, groups, full, unroll, opts):
             "bwd_prefetch_bc": True,
             "pack_bc": True,
         },
+        {"layout": "channel", "bwd_layout": "channel", "fast_math": True, "bwd_butterfly": True},
     ],
-    ids=["channel", "state", "channel-bcblock-pack", "channel-prefetch-pack"],
+    ids=["channel", "state", "channel-bcblock-pack", "channel-prefetch-pack", "fast-butterfly"],
 )
 def test_lowers_to_triton(rng, monkeypatch, opts):
     """Forward and backward lower to Triton IR (cross-lowered for CUDA, no GPU needed).

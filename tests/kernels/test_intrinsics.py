@@ -1,0 +1,33 @@
+"""The kernel intrinsics' formulas (interpret-mode twins of the PTX forms) against float64."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels._intrinsics import butterfly_positions, butterfly_sums, sigmoid, softplus
+
+
+@pytest.mark.parametrize("m", [1, 2, 8, 32, 64])
+def test_butterfly_sums_every_value_over_the_warp(rng, m):
+    vals = rng.normal(size=(m, 32)).astype(np.float32)
+    out = np.stack([np.asarray(v) for v in butterfly_sums([jnp.asarray(v) for v in vals], True)])
+    pos = butterfly_positions(m)
+    assert out.shape == pos.shape == (max(m // 32, 1), 32)
+    assert sorted(set(pos.ravel().tolist())) == list(range(m))  # every sum lands somewhere
+    np.testing.assert_allclose(out, vals.astype(np.float64).sum(1)[pos], rtol=1e-5, atol=1e-5)
+
+
+def test_butterfly_sums_rejects_other_counts():
+    with pytest.raises(ValueError, match="power of two"):
+        butterfly_sums([jnp.ones((32,))] * 3, True)
+
+
+def test_softplus_and_sigmoid_formulas():
+    x = np.concatenate([np.linspace(-60, 60, 4001), [-1e-6, 0.0, 1e-6]]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    sp = np.asarray(softplus(jnp.asarray(x), False), np.float64)
+    sp_ref = np.logaddexp(x64, 0.0)
+    # The series/log switch and the exp2(x log2 e) argument rounding: ~2e-6 relative.
+    np.testing.assert_allclose(sp, sp_ref, rtol=4e-6, atol=0)
+    sg = np.asarray(sigmoid(jnp.asarray(x), False), np.float64)
+    np.testing.assert_allclose(sg, 1.0 / (1.0 + np.exp(-x64)), rtol=4e-6, atol=1e-30)
