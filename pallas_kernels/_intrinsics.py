@@ -26,7 +26,15 @@ _LOG2E = math.log2(math.e)
 _LN2 = math.log(2.0)
 WARP = 32
 
-__all__ = ["WARP", "butterfly_positions", "butterfly_sums", "ex2", "sigmoid", "softplus"]
+__all__ = [
+    "WARP",
+    "butterfly_positions",
+    "butterfly_sums",
+    "ex2",
+    "shfl_xor",
+    "sigmoid",
+    "softplus",
+]
 
 
 def _asm_f32(op: str, v):
@@ -79,8 +87,9 @@ def sigmoid(v, fast: bool):
 # Warp shuffles
 
 
-def _shfl_xor(v, mask: int, interpret: bool):
-    """Lane ``c`` gets ``v`` of lane ``c ^ mask`` (fp32 ``(32,)``)."""
+def shfl_xor(v, mask: int, interpret: bool):
+    """Element ``e`` gets ``v[e ^ mask]`` (fp32 ``(E,)``, ``mask < 32``): one shuffle when
+    element ``e`` is held by thread ``e`` (``E`` elements on ``E`` threads)."""
     if interpret:
         lane = lax.broadcasted_iota(jnp.int32, v.shape, 0)
         return jnp.take(v, lane ^ mask)
@@ -120,10 +129,10 @@ def butterfly_sums(vals, interpret: bool):
                 lo, hi = vals[i], vals[i + half]
                 keep = jnp.where(upper, hi, lo)
                 send = jnp.where(upper, lo, hi)
-                new.append(keep + _shfl_xor(send, mask, interpret))
+                new.append(keep + shfl_xor(send, mask, interpret))
             vals = new
         else:
-            vals = [vals[0] + _shfl_xor(vals[0], mask, interpret)]
+            vals = [vals[0] + shfl_xor(vals[0], mask, interpret)]
         mask //= 2
     return vals
 

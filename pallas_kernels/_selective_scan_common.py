@@ -12,6 +12,8 @@ from pallas_kernels._intrinsics import ex2, sigmoid, softplus
 _F32 = jnp.float32
 _LOG2E = math.log2(math.e)
 _LN2 = math.log(2.0)
+# Forward layouts whose inputs, h0 / final state and checkpoints are in (n, d) order.
+CHANNEL_LAYOUTS = ("channel", "split")
 _IO_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
@@ -21,7 +23,7 @@ class _Config(NamedTuple):
     ckpt_every: int  # checkpoint interval = the backward's block length (divides unroll)
     num_warps: int
     num_stages: int
-    layout: str  # forward layout: "channel" or "state"
+    layout: str  # forward layout: "channel", "split" or "state"
     prefetch_bc: bool  # channel layout: prefetch the next block's B/C scalars too
     bwd_layout: str  # backward layout: "channel" or "state" (own launch config below)
     bwd_block_d: int
@@ -188,7 +190,7 @@ def bc_scalars_now(r, t, n: int, packed: bool):
 
 def _packed(cfg: _Config) -> bool:
     """Whether this launch gets ``B``/``C`` as ``uint32`` pairs of bf16 (channel layout)."""
-    return cfg.pack_bc and cfg.layout == "channel"
+    return cfg.pack_bc and cfg.layout in CHANNEL_LAYOUTS
 
 
 def pack_bf16_pairs(v: jax.Array) -> jax.Array:
@@ -206,4 +208,4 @@ def unpack_bf16_pair(w):
 
 def _ckpt_channel(cfg: _Config) -> bool:
     """Whether the forward writes the checkpoints as ``(b, n_ckpt, n, d)`` (else ``d, n``)."""
-    return cfg.layout == "channel" and cfg.bwd_layout == "channel"
+    return cfg.layout in CHANNEL_LAYOUTS and cfg.bwd_layout == "channel"

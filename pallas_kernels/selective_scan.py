@@ -67,6 +67,7 @@ from pallas_kernels._selective_scan_common import (
     _F32,
     _IO_DTYPES,
     _LOG2E,
+    CHANNEL_LAYOUTS,
     _ckpt_channel,
     _compiler_params,
     _Config,
@@ -79,6 +80,7 @@ from pallas_kernels._selective_scan_kernels import (
     _bwd_kernel_channel,
     _fwd_kernel,
     _fwd_kernel_channel,
+    _fwd_kernel_split,
 )
 from pallas_kernels.linear_scan import default_chunks
 
@@ -127,12 +129,13 @@ def _run_fwd(cfg: _Config, p: _Inputs, save: bool):
     b, length, d = p.x.shape
     n = p.A.shape[1]
     s = _spec_fns(cfg, d, length, n)
-    channel = cfg.layout == "channel"
+    channel = cfg.layout in CHANNEL_LAYOUTS
     args, specs = _common_inputs(cfg, p, s, channel=channel)
     if channel:
         args.append(jnp.swapaxes(p.h0, 1, 2))  # (b, n, d)
         specs.append(s["state_t"])
-        kernel = functools.partial(_fwd_kernel_channel, cfg=cfg, length=length, save=save, n=n)
+        body = _fwd_kernel_split if cfg.layout == "split" else _fwd_kernel_channel
+        kernel = functools.partial(body, cfg=cfg, length=length, save=save, n=n)
         h_shape, h_spec = (b, n, d), s["state_t"]
     else:
         args.append(p.h0)
@@ -404,9 +407,11 @@ def selective_scan(
         program holds its ``BD`` channels as 1-D vectors and the ``n`` states as ``n``
         separate ``(BD,)`` vectors (one channel per thread when ``num_warps = BD / 32``),
         ``B_t``/``C_t`` loaded as scalars, no reduction over ``n`` across threads.
-        ``"state"``: the original ``(BD, n)`` 2-D state block.
+        ``"split"``: the channel layout on twice the threads, two per channel with
+        ``n / 2`` states each (their partial ``y`` summed by one lane shuffle; ``n >= 4``,
+        ``2 BD / 32`` warps). ``"state"``: the original ``(BD, n)`` 2-D state block.
       block_d: channels per forward program (power of two, dividing ``d / g``); default 64
-        for ``"channel"``, 32 for ``"state"`` (at ``n = 16``).
+        for ``"channel"``, 32 for ``"split"`` and for ``"state"`` (at ``n = 16``).
       unroll: time steps per loaded block of the forward kernel.
       bwd_unroll: time steps per block of the backward kernel, which is also the interval
         at which the differentiated forward saves the state (``(b, l / bwd_unroll, d, n)``
@@ -467,7 +472,7 @@ def selective_scan(
     """
     check_backend(interpret, "selective_scan")
     for name, v in (("layout", layout), ("bwd_layout", bwd_layout)):
-        if v not in ("channel", "state"):
+        if v not in ("channel", "state") + (("split",) if name == "layout" else ()):
             raise NotImplementedError(f"selective_scan kernel: {name}={v!r}")
     x, dt, A, B, C = (jnp.asarray(v) for v in (x, dt, A, B, C))
     b, length, d = x.shape
@@ -498,8 +503,11 @@ def selective_scan(
             )
         return bd
 
-    channel = layout == "channel"
-    bd = resolve_bd(block_d, 64 if channel else state_default, "block_d")
+    channel = layout in CHANNEL_LAYOUTS
+    split = layout == "split"
+    if split and n < 4:
+        raise NotImplementedError(f"selective_scan kernel: layout='split' needs n >= 4 (n={n})")
+    bd = resolve_bd(block_d, (32 if split else 64) if channel else state_default, "block_d")
     bwd_channel = bwd_layout == "channel"
     # All-"state": the backward inherits the forward's launch config (the original kernel).
     inherit = not channel and not bwd_channel
@@ -518,6 +526,13 @@ def selective_scan(
     state_warps = lambda block: max(1, min(8, block * n // 128))
     chan_warps = lambda block: max(1, min(8, block // 32))
     fwd_warps = num_warps or (chan_warps(bd) if channel else state_warps(bd))
+    if split:  # one thread per vector element: the y shuffle pairs threads e, e ^ 1
+        if num_warps not in (None, 2 * bd // WARP) or (2 * bd < WARP and not interpret):
+            raise NotImplementedError(
+                f"selective_scan kernel: layout='split' runs 2 block_d / 32 warps "
+                f"(block_d={bd} >= 16, num_warps={num_warps})"
+            )
+        fwd_warps = max(1, 2 * bd // WARP)
     if inherit and bwd_block_d in (None, bd):
         bwd_warps = fwd_warps
     else:

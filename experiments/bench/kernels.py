@@ -253,7 +253,7 @@ def kernel_options(spec: str) -> dict:
     opts = {}
     for item in filter(None, spec.split("+")):
         key, _, value = item.partition("=")
-        opts[key] = int(value) if value else True
+        opts[key] = (int(value) if value.lstrip("-").isdigit() else value) if value else True
     return opts
 
 

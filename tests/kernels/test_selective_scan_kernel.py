@@ -79,6 +79,9 @@ LAYOUTS = {
         "bc_block": True,
         "pack_bc": True,
     },
+    # Two threads per channel in the forward (n / 2 states each).
+    "split-chan": {"layout": "split", "bwd_layout": "channel"},
+    "split-state-pack": {"layout": "split", "bwd_layout": "state", "pack_bc": True},
     "chan-chan-prefetch-pack": {
         "layout": "channel",
         "bwd_layout": "channel",
@@ -186,8 +189,16 @@ def test_butterfly_needs_one_warp_of_32_channels(rng):
             "pack_bc": True,
         },
         {"layout": "channel", "bwd_layout": "channel", "fast_math": True, "bwd_butterfly": True},
+        {"layout": "split", "prefetch_bc": True, "pack_bc": True},
     ],
-    ids=["channel", "state", "channel-bcblock-pack", "channel-prefetch-pack", "fast-butterfly"],
+    ids=[
+        "channel",
+        "state",
+        "channel-bcblock-pack",
+        "channel-prefetch-pack",
+        "fast-butterfly",
+        "split-prefetch-pack",
+    ],
 )
 def test_lowers_to_triton(rng, monkeypatch, opts):
     """Forward and backward lower to Triton IR (cross-lowered for CUDA, no GPU needed).
