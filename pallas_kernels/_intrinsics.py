@@ -27,6 +27,7 @@ _LN2 = math.log(2.0)
 WARP = 32
 
 __all__ = [
+    "ALL_LANES",
     "WARP",
     "butterfly_positions",
     "butterfly_sums",
@@ -106,21 +107,25 @@ def shfl_xor(v, mask: int, interpret: bool):
     return lax.bitcast_convert_type(out, _F32)
 
 
-def butterfly_sums(vals, interpret: bool):
+ALL_LANES = (16, 8, 4, 2, 1)
+
+
+def butterfly_sums(vals, interpret: bool, masks=ALL_LANES):
     """Sums each of ``m`` fp32 ``(32,)`` vectors over its 32 lanes (``m`` a power of two).
 
     Returns ``max(m // 32, 1)`` ``(32,)`` vectors: slot ``s`` of lane ``c`` holds the sum of
     ``vals[butterfly_positions(m)[s, c]]``. At each of the 5 levels (lane masks 16 .. 1)
     every lane keeps half of its values, sends the other half to its partner and adds what
-    it receives; once one value is left, the remaining levels all-reduce it.
+    it receives; once one value is left, the remaining levels all-reduce it. ``masks``: the
+    lane bits to sum over (e.g. ``(16, 8, 4, 2)``: over the lanes of equal parity, which
+    then hold ``max(m // 16, 1)`` sums each).
     """
     vals = list(vals)
     m = len(vals)
     if m < 1 or m & (m - 1):
         raise ValueError(f"butterfly_sums: {m} values (needs a power of two)")
     lane = lax.broadcasted_iota(jnp.int32, vals[0].shape, 0)
-    mask = WARP // 2
-    while mask >= 1:
+    for mask in masks:
         if len(vals) > 1:
             upper = (lane & mask) != 0
             half = len(vals) // 2
@@ -133,24 +138,25 @@ def butterfly_sums(vals, interpret: bool):
             vals = new
         else:
             vals = [vals[0] + shfl_xor(vals[0], mask, interpret)]
-        mask //= 2
     return vals
 
 
-def butterfly_positions(m: int):
-    """``(slots, 32)`` int array: which of the ``m`` inputs of :func:`butterfly_sums` slot
-    ``s`` of lane ``c`` sums (several lanes hold the same sum when ``m < 32``)."""
+def butterfly_positions(m: int, masks=ALL_LANES):
+    """``(slots, 32)`` int array: which of the ``m`` inputs of :func:`butterfly_sums` (same
+    ``masks``) slot ``s`` of lane ``c`` sums (several lanes hold the same sum when ``m`` is
+    less than the number of lanes summed over)."""
     import numpy as np
 
-    slots = max(m // WARP, 1)
+    slots = max(m // 2 ** len(masks), 1)
     out = np.zeros((slots, WARP), np.int32)
     for c in range(WARP):
         for s in range(slots):
-            idx, size, mask = s, m, WARP // 2
-            while mask >= 1 and size > 1:
+            idx, size = s, m
+            for mask in masks:
+                if size == 1:
+                    break
                 size //= 2
                 if c & mask:
                     idx += size
-                mask //= 2
             out[s, c] = idx
     return out

@@ -208,4 +208,4 @@ def unpack_bf16_pair(w):
 
 def _ckpt_channel(cfg: _Config) -> bool:
     """Whether the forward writes the checkpoints as ``(b, n_ckpt, n, d)`` (else ``d, n``)."""
-    return cfg.layout in CHANNEL_LAYOUTS and cfg.bwd_layout == "channel"
+    return cfg.layout in CHANNEL_LAYOUTS and cfg.bwd_layout in CHANNEL_LAYOUTS

@@ -76,8 +76,10 @@ from pallas_kernels._selective_scan_common import (
     pack_bf16_pairs,
 )
 from pallas_kernels._selective_scan_kernels import (
+    SPLIT_MASKS,
     _bwd_kernel,
     _bwd_kernel_channel,
+    _bwd_kernel_split,
     _fwd_kernel,
     _fwd_kernel_channel,
     _fwd_kernel_split,
@@ -173,10 +175,26 @@ def _run_fwd(cfg: _Config, p: _Inputs, save: bool):
     return outs
 
 
-def _unpermute_butterfly(v, m: int):
-    """``(..., 32 slots)`` butterfly sums -> ``(..., m)`` in input order."""
-    pos = butterfly_positions(m)  # (slots, 32): input index held at each position
-    first = np.zeros((m,), np.int32)
+def _butterfly_width(cfg: _Config, n: int) -> int:
+    """Columns per step of the backward's block of butterfly ``dB``/``dC`` sums."""
+    if cfg.layout == "split":  # (2 BD,) vectors of 16 sums per warp and parity
+        return 2 * cfg.block_d * max(n // 16, 1)
+    return WARP * max(2 * n // WARP, 1)
+
+
+def _unpermute_butterfly(cfg: _Config, v, n: int):
+    """``(..., width)`` butterfly sums -> ``(..., 2 n)`` (``dB`` then ``dC``), summing the
+    warps of a split-layout block."""
+    if cfg.layout == "split":
+        pos = butterfly_positions(n, SPLIT_MASKS)  # (slots, 32): index within a parity
+        lead, slots, warps = v.shape[:-1], pos.shape[0], 2 * cfg.block_d // WARP
+        v = v.reshape(*lead, slots, warps, WARP).sum(-2).reshape(*lead, slots * WARP)
+        parity = np.arange(WARP) % 2
+        n2 = n // 2  # per parity: its n / 2 dB states, then its n / 2 dC states
+        pos = np.where(pos < n2, parity * n2 + pos, n + parity * n2 + pos - n2)
+    else:
+        pos = butterfly_positions(2 * n)
+    first = np.zeros((2 * n,), np.int32)
     for flat in reversed(range(pos.size)):
         first[pos.reshape(-1)[flat]] = flat
     return jnp.take(v, jnp.asarray(first), axis=-1)
@@ -186,7 +204,8 @@ def _run_bwd(cfg: _Config, p: _Inputs, ckpt, dy, dh):
     b, length, d = p.x.shape
     n = p.A.shape[1]
     n_blocks = d // cfg.block_d
-    channel = cfg.layout == "channel"
+    channel = cfg.layout in CHANNEL_LAYOUTS
+    bfly = cfg.bwd_butterfly or cfg.layout == "split"
     s = _spec_fns(cfg, d, length, n)
     args, specs = _common_inputs(cfg, p, s, channel=channel)
     st = s["state_t"] if channel else s["state"]
@@ -205,8 +224,8 @@ def _run_bwd(cfg: _Config, p: _Inputs, ckpt, dy, dh):
     if cfg.has_z:
         out_shape.append(seq(p.z.dtype))
         out_specs.append(s["seq"])
-    if cfg.bwd_butterfly:  # dB and dC as one block of butterfly sums
-        width = WARP * max(2 * n // WARP, 1)
+    if bfly:  # dB and dC as one block of butterfly sums
+        width = _butterfly_width(cfg, n)
         out_shape += [jax.ShapeDtypeStruct((b, n_blocks, length, width), _F32), st_shape]
         out_specs += [pl.BlockSpec((None, None, length, width), lambda i, j: (i, j, 0, 0)), st]
     else:
@@ -219,7 +238,8 @@ def _run_bwd(cfg: _Config, p: _Inputs, ckpt, dy, dh):
     out_shape.append(st_shape)
     out_specs.append(st)
     if channel:
-        kernel = functools.partial(_bwd_kernel_channel, cfg=cfg, length=length, n=n)
+        body = _bwd_kernel_split if cfg.layout == "split" else _bwd_kernel_channel
+        kernel = functools.partial(body, cfg=cfg, length=length, n=n)
     else:
         kernel = functools.partial(_bwd_kernel, cfg=cfg, length=length)
     outs = list(
@@ -236,12 +256,12 @@ def _run_bwd(cfg: _Config, p: _Inputs, ckpt, dy, dh):
     )
     if channel:  # dA and dh0 back to (b, d, n)
         outs[-1] = jnp.swapaxes(outs[-1], 1, 2)
-        i_dA = 3 + cfg.has_z + (not cfg.bwd_butterfly)  # after dx, ddt, dz, dB(C), dC
+        i_dA = 3 + cfg.has_z + (not bfly)  # after dx, ddt, dz, dB(C), dC
         outs[i_dA] = jnp.swapaxes(outs[i_dA], 1, 2)
     dx, ddt = outs.pop(0), outs.pop(0)
     dz = outs.pop(0) if cfg.has_z else None
-    if cfg.bwd_butterfly:
-        dBC = _unpermute_butterfly(outs.pop(0), 2 * n)
+    if bfly:
+        dBC = _unpermute_butterfly(cfg, outs.pop(0), n)
         dB_part, dC_part = dBC[..., :n], dBC[..., n:]
     else:
         dB_part, dC_part = outs.pop(0), outs.pop(0)
@@ -322,7 +342,7 @@ def _scan_fwd(cfg: _Config, p: _Inputs):
 def _scan_bwd(cfg: _Config, residuals, cotangents):
     p, ckpt, h0 = residuals
     dy, dh = cotangents
-    if cfg.bwd_layout == "channel" and not _ckpt_channel(cfg):
+    if cfg.bwd_layout in CHANNEL_LAYOUTS and not _ckpt_channel(cfg):
         ckpt = jnp.swapaxes(ckpt, 2, 3)
     bwd_cfg = cfg._replace(
         layout=cfg.bwd_layout,
@@ -429,7 +449,10 @@ def selective_scan(
         registers: 11.7 ms forward; packed, 2.00 vs 2.30 ms on the H100 at n = 16).
       bwd_layout: register layout of the backward kernel: ``"channel"`` (default; same
         idea as the forward, holds ``~2 n unroll`` fp32 values per channel, so prefer a
-        smaller ``unroll``) or ``"state"``. Independent of ``layout``.
+        smaller ``unroll``), ``"split"`` (two threads per channel as in the forward's
+        ``"split"``, half the registers per thread; ``dB``/``dC`` always by a butterfly
+        over the 16 channels of a warp; ``2 bwd_block_d / 32`` warps, ``bwd_block_d >=
+        16``, default 16) or ``"state"``. Independent of ``layout``.
       chunks: ``> 1`` splits the sequence into this many time chunks scanned in parallel
         when the call is not differentiated (inference): chunk end states from a zero
         start, an associative scan over the chunks, then every chunk rescanned from its true
@@ -472,7 +495,7 @@ def selective_scan(
     """
     check_backend(interpret, "selective_scan")
     for name, v in (("layout", layout), ("bwd_layout", bwd_layout)):
-        if v not in ("channel", "state") + (("split",) if name == "layout" else ()):
+        if v not in ("channel", "split", "state"):
             raise NotImplementedError(f"selective_scan kernel: {name}={v!r}")
     x, dt, A, B, C = (jnp.asarray(v) for v in (x, dt, A, B, C))
     b, length, d = x.shape
@@ -508,13 +531,16 @@ def selective_scan(
     if split and n < 4:
         raise NotImplementedError(f"selective_scan kernel: layout='split' needs n >= 4 (n={n})")
     bd = resolve_bd(block_d, (32 if split else 64) if channel else state_default, "block_d")
-    bwd_channel = bwd_layout == "channel"
+    bwd_split = bwd_layout == "split"
+    if bwd_split and n < 4:
+        raise NotImplementedError(f"selective_scan kernel: bwd_layout='split' needs n >= 4 (n={n})")
+    bwd_channel = bwd_layout in CHANNEL_LAYOUTS
     # All-"state": the backward inherits the forward's launch config (the original kernel).
     inherit = not channel and not bwd_channel
-    bwd_default = 32 if bwd_channel else (bd if inherit else state_default)
+    bwd_default = (16 if bwd_split else 32) if bwd_channel else (bd if inherit else state_default)
     bwd_bd = resolve_bd(bwd_block_d, bwd_default, "bwd_block_d")
     if bwd_unroll is None:  # the channel backward spills registers beyond 2 steps
-        bwd_unroll = min(unroll, 2) if bwd_layout == "channel" else unroll
+        bwd_unroll = min(unroll, 2) if bwd_channel else unroll
     if not is_pow2(unroll) or not is_pow2(bwd_unroll):
         raise NotImplementedError("selective_scan kernel: unroll must be a power of two")
     if unroll % bwd_unroll:
@@ -555,10 +581,17 @@ def selective_scan(
         prefetch_bc = pack_bc and n * unroll <= 64
     if bwd_prefetch_bc is None:
         bwd_prefetch_bc = pack_bc and n * bwd_unroll <= 32
-    one_warp = bwd_channel and bwd_bd == WARP and (bwd_num_warps or bwd_warps) == 1
+    if bwd_split:  # one thread per element, full warps: the dB/dC butterfly needs them
+        if bwd_num_warps not in (None, 2 * bwd_bd // WARP) or 2 * bwd_bd < WARP:
+            raise NotImplementedError(
+                f"selective_scan kernel: bwd_layout='split' runs 2 bwd_block_d / 32 warps "
+                f"(bwd_block_d={bwd_bd} >= 16, bwd_num_warps={bwd_num_warps})"
+            )
+        bwd_warps = 2 * bwd_bd // WARP
+    one_warp = bwd_layout == "channel" and bwd_bd == WARP and (bwd_num_warps or bwd_warps) == 1
     if bwd_butterfly is None:
         bwd_butterfly = one_warp
-    if bwd_butterfly and not one_warp:
+    if bwd_butterfly and not one_warp and not bwd_split:
         raise NotImplementedError(
             "selective_scan kernel: bwd_butterfly needs the channel backward with "
             "bwd_block_d=32 and one warp"

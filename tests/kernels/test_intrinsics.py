@@ -31,3 +31,20 @@ def test_softplus_and_sigmoid_formulas():
     np.testing.assert_allclose(sp, sp_ref, rtol=4e-6, atol=0)
     sg = np.asarray(sigmoid(jnp.asarray(x), False), np.float64)
     np.testing.assert_allclose(sg, 1.0 / (1.0 + np.exp(-x64)), rtol=4e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("m", [4, 16, 32])
+def test_butterfly_sums_over_lanes_of_equal_parity(rng, m):
+    """``masks=(16, 8, 4, 2)``: sums over the 16 lanes of each parity (the split layout's
+    channels), each parity its own set of ``m`` values."""
+    masks = (16, 8, 4, 2)
+    vals = rng.normal(size=(m, 32)).astype(np.float32)
+    out = butterfly_sums([jnp.asarray(v) for v in vals], True, masks=masks)
+    out = np.stack([np.asarray(v) for v in out])
+    pos = butterfly_positions(m, masks)
+    assert out.shape == pos.shape == (max(m // 16, 1), 32)
+    want = np.stack([vals[:, p::2].astype(np.float64).sum(1) for p in (0, 1)])  # (2, m)
+    parity = np.arange(32) % 2
+    np.testing.assert_allclose(out, want[parity[None, :], pos], rtol=1e-5, atol=1e-5)
+    for p in (0, 1):  # each parity holds every one of its m sums
+        assert sorted(set(pos[:, p::2].ravel().tolist())) == list(range(m))

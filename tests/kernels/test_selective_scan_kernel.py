@@ -132,15 +132,28 @@ def test_matches_sequential(rng, dtype, length, groups, full, unroll, opts):
         assert_allclose(grads[name], grads_ref[name], dtype=tol, n=n, kind="grad", err_msg=name)
 
 
+BUTTERFLY = {
+    "channel": {"bwd_butterfly": True, "bwd_block_d": 32},
+    "split": {"layout": "split", "bwd_layout": "split", "bwd_block_d": 16},
+    "split-2warps-pack": {"layout": "split", "bwd_layout": "split", "bwd_block_d": 32},
+}
+
+
+@pytest.mark.parametrize("layout", list(BUTTERFLY))
 @pytest.mark.parametrize(
     ("dtype", "length", "groups", "full", "unroll", "n"), [(*CASES[2], 32), (*CASES[3], 4)]
 )
-def test_fast_math_and_butterfly_match_sequential(rng, dtype, length, groups, full, unroll, n):
+def test_fast_math_and_butterfly_match_sequential(
+    rng, dtype, length, groups, full, unroll, n, layout
+):
     """``fast_math`` (its interpret twin: the same formulas on jnp) and the backward's
-    butterfly ``dB``/``dC`` sums over a 32-channel warp (fewer and more partials than
-    lanes: ``2 n`` = 8, 64; 32 in ``test_lowers_to_triton``'s case)."""
+    butterfly ``dB``/``dC`` sums over a 32-lane warp: the channel layout's (fewer and more
+    partials than lanes: ``2 n`` = 8, 64; 32 in ``test_lowers_to_triton``'s case) and the
+    split layout's over the lanes of each parity (one and two warps per program)."""
+    if layout == "split-2warps-pack" and dtype != "bfloat16":
+        pytest.skip("pack_bc needs bf16 B/C")
     args = make_inputs(rng, jnp.dtype(dtype), length, groups, full, d=32 * max(groups), n=n)
-    opts = {"fast_math": True, "bwd_butterfly": True, "bwd_block_d": 32, "unroll": unroll}
+    opts = {"fast_math": True, "unroll": unroll, **BUTTERFLY[layout]}
 
     def kernel(p):
         return selective_scan_kernel(
@@ -190,6 +203,7 @@ def test_butterfly_needs_one_warp_of_32_channels(rng):
         },
         {"layout": "channel", "bwd_layout": "channel", "fast_math": True, "bwd_butterfly": True},
         {"layout": "split", "prefetch_bc": True, "pack_bc": True},
+        {"layout": "split", "bwd_layout": "split", "bwd_block_d": 32, "bwd_prefetch_bc": True},
     ],
     ids=[
         "channel",
@@ -198,6 +212,7 @@ def test_butterfly_needs_one_warp_of_32_channels(rng):
         "channel-prefetch-pack",
         "fast-butterfly",
         "split-prefetch-pack",
+        "split-split",
     ],
 )
 def test_lowers_to_triton(rng, monkeypatch, opts):
