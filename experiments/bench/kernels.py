@@ -277,6 +277,18 @@ def ss_fns(impl, softplus=True, **kw):
     return fwd, grad
 
 
+def _ss_errors(row, results, ref):
+    """Fills ``row``'s errors against ``ref`` when both have run (so a printed row carries
+    its check even if the run is cut short)."""
+    r, r_ref = results.get(row["impl"]), results.get(ref)
+    if r is None or r_ref is None:
+        return
+    row["ref"] = ref
+    row["rel L2 y"] = rel_l2(r["y"], r_ref["y"])
+    if "g" in r and "g" in r_ref:
+        row["rel L2 grads (max)"] = tree_err(r["g"], r_ref["g"], rel_l2)
+
+
 def bench_ss(b, length, d, n, dtype, repeats, impls):
     args = ss_inputs(b, length, d, n, dtype)
     dy = jax.random.normal(jax.random.key(1), (b, length, d), jnp.float32)
@@ -301,16 +313,11 @@ def bench_ss(b, length, d, n, dtype, repeats, impls):
         except Exception as e:  # e.g. out of memory for the big XLA forms
             row["note"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
         rows.append(row)
+        _ss_errors(row, results, "sequential" if "sequential" in impls else "chunked")
         print(f"  {impl:<12} {row}", flush=True)
     ref = "sequential" if "sequential" in results else "chunked"
-    for row in rows:
-        r = results.get(row["impl"])
-        if r is None or ref not in results:
-            continue
-        row["ref"] = ref
-        row["rel L2 y"] = rel_l2(r["y"], results[ref]["y"])
-        if "g" in r and "g" in results[ref]:
-            row["rel L2 grads (max)"] = tree_err(r["g"], results[ref]["g"], rel_l2)
+    for row in rows:  # rows that ran before the reference
+        _ss_errors(row, results, ref)
     fastest = min(
         (r["fwd+bwd ms"] for r in rows if r["impl"] in XLA_IMPLS and "fwd+bwd ms" in r),
         default=None,
