@@ -4,10 +4,12 @@ Each model is built once per implementation (same seed, same parameters), one ji
 (forward, backward, AdamW update) is timed after warm-up, and the losses of the first step
 are compared across implementations in the same run. Run::
 
-    python -m experiments.bench.train_step [--quick]
+    python -m experiments.bench.train_step [--quick] [--mamba-variants OPTS,OPTS]
 """
 
 import argparse
+import contextlib
+import functools
 import sys
 
 import jax
@@ -43,21 +45,44 @@ def cls_loss(model, batch):
     return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
 
+@contextlib.contextmanager
+def kernel_defaults(spec: str):
+    """Within the block, the fused selective_scan kernel runs with the options of ``spec``
+    (``"layout=split+bwd_layout=split"``, as in ``kernels.py``'s ``pallas:`` rows) on top of
+    its defaults: how a ``"pallas:<options>"`` row times a kernel variant end to end."""
+    if not spec:
+        yield
+        return
+    import pallas_kernels.selective_scan as module
+    from experiments.bench.kernels import kernel_options
+
+    original = module.selective_scan
+    module.selective_scan = functools.partial(original, **kernel_options(spec))
+    try:
+        yield
+    finally:
+        module.selective_scan = original
+
+
 def bench(name, build, loss_fn, batch, impls):
     rows = []
     for impl in impls:
+        base, _, spec = impl.partition(":")
         try:
-            model = build(impl)
-            step, state = make_step(model, optax.adamw(1e-3), loss_fn)
-            _, loss = step(state, batch)
-            loss = float(loss)
+            with kernel_defaults(spec):  # the step is traced and compiled in here
+                model = build(base)
+                step, state = make_step(model, optax.adamw(1e-3), loss_fn)
+                _, loss = step(state, batch)
+                loss = float(loss)
             ms = time_ms(lambda s, step=step: step(s, batch)[1], state, repeats=5)
         except NotImplementedError as e:
             rows.append({"model": name, "impl": impl, "note": f"n/a: {str(e)[:70]}"})
             continue
         rows.append({"model": name, "impl": impl, "step ms": ms, "first loss": loss})
         print(f"  {name} {impl}: {ms:.2f} ms/step, loss {loss:.5f}", flush=True)
-    best_xla = min(r["step ms"] for r in rows if "step ms" in r and r["impl"] != "pallas")
+    best_xla = min(
+        r["step ms"] for r in rows if "step ms" in r and not r["impl"].startswith("pallas")
+    )
     for r in rows:
         if "step ms" in r:
             r["best XLA / this"] = best_xla / r["step ms"]
@@ -67,6 +92,12 @@ def bench(name, build, loss_fn, batch, impls):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, XLA only (CPU)")
+    parser.add_argument(
+        "--mamba-variants",
+        default="",
+        help="comma-separated selective_scan kernel options, each an extra Mamba row "
+        "'pallas:<options>' (e.g. layout=split+bwd_layout=split)",
+    )
     args = parser.parse_args(argv)
     print(header("python -m experiments.bench.train_step " + " ".join(argv or sys.argv[1:])))
     if args.quick:
@@ -96,7 +127,7 @@ def main(argv=None):
         build_lm,
         lm_loss,
         tokens,
-        extra + xla_mamba,
+        extra + [f"pallas:{v}" for v in filter(None, args.mamba_variants.split(","))] + xla_mamba,
     )
 
     s5_b, s5_len, s5_d = (4, 64, 16) if args.quick else (32, 1024, 512)
