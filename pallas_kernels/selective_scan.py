@@ -30,6 +30,12 @@ Two register layouts (``layout=`` for the forward, ``bwd_layout=`` for the backw
   more than one gives each thread independent chains (instruction-level parallelism) and
   shares the scalar ``B_t``/``C_t`` loads between them.
 
+* ``"split"`` -- the channel layout on twice the threads: two threads per channel, each
+  with ``n / 2`` of its states (vectors of ``2 BD`` elements, element ``e`` = channel
+  ``e // 2``, half ``e % 2``). Twice the warps to hide latency with half the registers per
+  thread, at the price of repeating the per-channel work on both threads and one lane
+  shuffle per sum over ``n`` (``y``; in the backward also ``adj . B`` and ``dA . A``).
+
 bf16 ``B``/``C`` with even ``n`` are passed to the channel kernels as ``uint32`` words of two
 values (``pack_bc``; a shift and a bitcast unpack them), which halves their scalar loads and
 the registers a prefetched block of them needs, so by default they are prefetched a block
@@ -48,7 +54,9 @@ recomputes the block's ``bwd_unroll`` states and decays *in registers* (fully un
 state goes to HBM and no exp is recomputed twice), then runs the adjoint recurrence
 ``adj_t = C_t dy_t + exp(dt_{t+1} A) adj_{t+1}`` backwards through the block and writes
 ``dx``, ``ddt`` (through the softplus), ``dz``, and per-program partial ``dB_t``, ``dC_t``
-rows (reduced over the program's ``BD`` channels in registers). ``dA``, ``dD``, ``ddt_bias``
+rows (reduced over the program's ``BD`` channels: with one warp of 32 channels, the
+default, by a butterfly reduce-scatter of all ``2 n`` partials at once, ``2 n - 1`` lane
+shuffles, instead of ``5`` shuffles per partial; :mod:`pallas_kernels._intrinsics`). ``dA``, ``dD``, ``ddt_bias``
 are accumulated in registers and written once. Partial ``dB``/``dC`` (one per channel
 block) and the per-batch parameter gradients are summed outside the kernel -- no atomics.
 """
