@@ -139,9 +139,10 @@ BUTTERFLY = {
 }
 
 
-@pytest.mark.parametrize("layout", list(BUTTERFLY))
 @pytest.mark.parametrize(
-    ("dtype", "length", "groups", "full", "unroll", "n"), [(*CASES[2], 32), (*CASES[3], 4)]
+    ("dtype", "length", "groups", "full", "unroll", "n", "layout"),
+    [(*CASES[2], 32, "channel"), (*CASES[2], 32, "split")]
+    + [(*CASES[3], 4, layout) for layout in BUTTERFLY],  # bf16: B/C packed in pairs
 )
 def test_fast_math_and_butterfly_match_sequential(
     rng, dtype, length, groups, full, unroll, n, layout
@@ -150,8 +151,6 @@ def test_fast_math_and_butterfly_match_sequential(
     butterfly ``dB``/``dC`` sums over a 32-lane warp: the channel layout's (fewer and more
     partials than lanes: ``2 n`` = 8, 64; 32 in ``test_lowers_to_triton``'s case) and the
     split layout's over the lanes of each parity (one and two warps per program)."""
-    if layout == "split-2warps-pack" and dtype != "bfloat16":
-        pytest.skip("pack_bc needs bf16 B/C")
     args = make_inputs(rng, jnp.dtype(dtype), length, groups, full, d=32 * max(groups), n=n)
     opts = {"fast_math": True, "unroll": unroll, **BUTTERFLY[layout]}
 
