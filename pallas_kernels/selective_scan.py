@@ -412,8 +412,8 @@ def selective_scan(
     bc_block: bool = False,
     pack_bc: bool | None = None,
     bwd_prefetch_bc: bool | None = None,
-    fast_math: bool = True,
-    bwd_butterfly: bool | None = None,
+    fast_math: bool = False,
+    bwd_butterfly: bool = False,
 ):
     """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
 
@@ -482,13 +482,12 @@ def selective_scan(
       fast_math: compute ``exp2``, softplus and sigmoid with the approximate MUFU
         instructions (``ex2``/``lg2``/``rcp.approx.ftz``, relative error ~1e-6; softplus
         switches to a series for small ``exp(-|v|)``) instead of libdevice ``expf``,
-        ``log1pf`` and IEEE division (default). Interpret mode runs the same formulas
-        exactly.
+        ``log1pf`` and IEEE division. Interpret mode runs the same formulas exactly.
       bwd_butterfly: ``"channel"`` backward with one warp of 32 channels: sum the ``2 n``
         per-step ``dB``/``dC`` partials over the warp by one butterfly reduce-scatter
         (``2 n - 1`` shuffles for ``n <= 16``, instead of ``5`` per partial) and store
-        them with one vector store per 32 sums. Default: whenever possible (the default
-        backward launch is one such warp).
+        them with one vector store per 32 sums (the default backward launch is one such
+        warp).
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
         with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
         a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
@@ -598,8 +597,6 @@ def selective_scan(
             )
         bwd_warps = 2 * bwd_bd // WARP
     one_warp = bwd_layout == "channel" and bwd_bd == WARP and (bwd_num_warps or bwd_warps) == 1
-    if bwd_butterfly is None:
-        bwd_butterfly = one_warp
     if bwd_butterfly and not one_warp and not bwd_split:
         raise NotImplementedError(
             "selective_scan kernel: bwd_butterfly needs the channel backward with "
