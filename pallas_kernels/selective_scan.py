@@ -54,9 +54,10 @@ recomputes the block's ``bwd_unroll`` states and decays *in registers* (fully un
 state goes to HBM and no exp is recomputed twice), then runs the adjoint recurrence
 ``adj_t = C_t dy_t + exp(dt_{t+1} A) adj_{t+1}`` backwards through the block and writes
 ``dx``, ``ddt`` (through the softplus), ``dz``, and per-program partial ``dB_t``, ``dC_t``
-rows (reduced over the program's ``BD`` channels: with one warp of 32 channels, the
-default, by a butterfly reduce-scatter of all ``2 n`` partials at once, ``2 n - 1`` lane
-shuffles, instead of ``5`` shuffles per partial; :mod:`pallas_kernels._intrinsics`).
+rows (reduced over the program's ``BD`` channels; with ``bwd_butterfly`` and one warp of
+32 channels, or the ``"split"`` backward, by a butterfly reduce-scatter of all ``2 n``
+partials at once, ``2 n - 1`` lane shuffles instead of ``5`` per partial;
+:mod:`pallas_kernels._intrinsics`).
 ``dA``, ``dD``, ``ddt_bias`` are accumulated in registers and written once. Partial
 ``dB``/``dC`` (one per channel block) and the per-batch parameter gradients are summed
 outside the kernel -- no atomics.
