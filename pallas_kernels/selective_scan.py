@@ -399,30 +399,32 @@ def selective_scan(
     h0: jax.Array | None = None,
     return_final_state: bool = False,
     interpret: bool = False,
-    layout: str = "channel",
+    layout: str | None = None,
     block_d: int | None = None,
     unroll: int = 4,
     bwd_unroll: int | None = None,
     num_warps: int | None = None,
     num_stages: int = 1,
     prefetch_bc: bool | None = None,
-    bwd_layout: str = "channel",
+    bwd_layout: str | None = None,
     bwd_block_d: int | None = None,
     bwd_num_warps: int | None = None,
     chunks: int | None = None,
     bc_block: bool = False,
     pack_bc: bool | None = None,
     bwd_prefetch_bc: bool | None = None,
-    fast_math: bool = False,
-    bwd_butterfly: bool = False,
+    fast_math: bool = True,
+    bwd_butterfly: bool | None = None,
 ):
     """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
 
-    Defaults (``layout="channel"``, 64 channels and 2 warps per forward program,
-    ``unroll=4``; ``bwd_layout="channel"``, 32 channels and 1 warp per backward program,
-    ``bwd_unroll=2``; bf16 ``B``/``C`` packed in pairs and prefetched a block ahead) are
-    the fastest measured on the H100 at (8, 4096, 4096, 16) bf16
-    (``experiments/bench/kernels.py`` and ``layouts.py``, BENCHMARKS.md).
+    Defaults (for ``n >= 4``: ``layout="split"``, 32 channels on 2 warps per forward
+    program, ``unroll=4``; ``bwd_layout="split"``, 16 channels on 1 warp per backward
+    program, ``bwd_unroll=4`` at ``n = 16``; ``fast_math``; bf16 ``B``/``C`` packed in
+    pairs and prefetched a block ahead in the forward) are the fastest measured at
+    (8, 4096, 4096, 16) bf16 (``experiments/bench/kernels.py``, BENCHMARKS.md: 7.8-7.9 ms
+    forward+backward on an H200 against 9.8 ms for the previous channel-layout defaults in
+    the same run). For ``n < 4`` the ``"channel"`` layouts.
 
     Args:
       x, dt, z: ``(b, l, d)``, float32 or bfloat16 (``z`` optional).
@@ -433,36 +435,39 @@ def selective_scan(
       h0: initial state ``(b, d, n)``; zeros when ``None``.
       return_final_state: also return the final state ``(b, d, n)`` (float32).
       interpret: run in the Pallas interpreter (CPU tests).
-      layout: register layout of the *forward* kernel. ``"channel"`` (default): each
+      layout: register layout of the *forward* kernel. ``"channel"``: each
         program holds its ``BD`` channels as 1-D vectors and the ``n`` states as ``n``
         separate ``(BD,)`` vectors (one channel per thread when ``num_warps = BD / 32``),
         ``B_t``/``C_t`` loaded as scalars, no reduction over ``n`` across threads.
-        ``"split"``: the channel layout on twice the threads, two per channel with
-        ``n / 2`` states each (their partial ``y`` summed by one lane shuffle; ``n >= 4``,
-        ``2 BD / 32`` warps). ``"state"``: the original ``(BD, n)`` 2-D state block.
+        ``"split"`` (default for ``n >= 4``): the channel layout on twice the threads, two
+        per channel with ``n / 2`` states each (their partial ``y`` summed by one lane
+        shuffle; ``2 BD / 32`` warps). ``"state"``: the original ``(BD, n)`` 2-D state
+        block.
       block_d: channels per forward program (power of two, dividing ``d / g``); default 64
         for ``"channel"``, 32 for ``"split"`` and for ``"state"`` (at ``n = 16``).
       unroll: time steps per loaded block of the forward kernel.
       bwd_unroll: time steps per block of the backward kernel, which is also the interval
         at which the differentiated forward saves the state (``(b, l / bwd_unroll, d, n)``
-        fp32 checkpoints); must divide ``unroll``. Default: 2 for the ``"channel"``
-        backward (4 holds ``~2 n 4`` fp32 values per thread and spills: 16.1 vs 10.9 ms
-        forward+backward on the H100), ``unroll`` for the ``"state"`` backward. Memory:
-        the checkpoints, ``b l d n / bwd_unroll`` fp32, live until the backward (4.3 GB
-        at (8, 4096, 4096, 16) with 2); raise it, or use the XLA ``"chunked"`` form, when
-        memory is short.
+        fp32 checkpoints); must divide ``unroll``. Default: ``64 / n`` (4 at ``n = 16``)
+        for the ``"split"`` backward, whose threads hold ``n / 2`` states (7.8 vs 10.4 ms
+        forward+backward with 2, H200); 2 for the ``"channel"`` backward (4 holds ``~2 n
+        4`` fp32 values per thread and spills: 16.1 vs 10.9 ms on the H100); ``unroll`` for
+        the ``"state"`` backward (all capped at ``unroll``). Memory: the checkpoints,
+        ``b l d n / bwd_unroll`` fp32, live until the backward (2.1 GB at (8, 4096, 4096,
+        16) with 4); raise it, or use the XLA ``"chunked"`` form, when memory is short.
       num_warps, num_stages: Triton launch parameters of the forward (``num_warps``
         defaults to ``BD / 32`` for ``"channel"``, ``BD n / 128`` for ``"state"``).
       prefetch_bc: ``"channel"`` forward: also prefetch the next block's ``2 n unroll`` B/C
         scalars (more registers); otherwise they are loaded inside the block. Default: when
         ``pack_bc`` and ``n * unroll <= 64`` (unpacked, the prefetched scalars spilled
         registers: 11.7 ms forward; packed, 2.00 vs 2.30 ms on the H100 at n = 16).
-      bwd_layout: register layout of the backward kernel: ``"channel"`` (default; same
-        idea as the forward, holds ``~2 n unroll`` fp32 values per channel, so prefer a
-        smaller ``unroll``), ``"split"`` (two threads per channel as in the forward's
-        ``"split"``, half the registers per thread; ``dB``/``dC`` always by a butterfly
-        over the 16 channels of a warp; ``2 bwd_block_d / 32`` warps, ``bwd_block_d >=
-        16``, default 16) or ``"state"``. Independent of ``layout``.
+      bwd_layout: register layout of the backward kernel: ``"split"`` (default for
+        ``n >= 4`` when ``d / g`` is a multiple of 16: two threads per channel as in the
+        forward's ``"split"``, half the registers per thread; ``dB``/``dC`` always by a
+        butterfly over the 16 channels of a warp; ``2 bwd_block_d / 32`` warps,
+        ``bwd_block_d >= 16``, default 16), ``"channel"`` (the forward's idea; holds ``~2 n
+        unroll`` fp32 values per channel, so prefer a smaller ``unroll``) or ``"state"``.
+        Independent of ``layout``.
       chunks: ``> 1`` splits the sequence into this many time chunks scanned in parallel
         when the call is not differentiated (inference): chunk end states from a zero
         start, an associative scan over the chunks, then every chunk rescanned from its true
@@ -483,17 +488,19 @@ def selective_scan(
       fast_math: compute ``exp2``, softplus and sigmoid with the approximate MUFU
         instructions (``ex2``/``lg2``/``rcp.approx.ftz``, relative error ~1e-6; softplus
         switches to a series for small ``exp(-|v|)``) instead of libdevice ``expf``,
-        ``log1pf`` and IEEE division. Interpret mode runs the same formulas exactly.
+        ``log1pf`` and IEEE division (default; 8.48 vs 8.89 ms forward+backward with the
+        channel layouts, H200). Interpret mode runs the same formulas exactly.
       bwd_butterfly: ``"channel"`` backward with one warp of 32 channels: sum the ``2 n``
         per-step ``dB``/``dC`` partials over the warp by one butterfly reduce-scatter
         (``2 n - 1`` shuffles for ``n <= 16``, instead of ``5`` per partial) and store
-        them with one vector store per 32 sums (the default backward launch is one such
-        warp).
+        them with one vector store per 32 sums. Default: whenever the channel backward runs
+        as one such warp (its default launch; 8.89 vs 9.83 ms forward+backward, H200).
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
         with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
         a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
         ``n = 16``); a ``"channel"`` backward: 32 and ``BD / 32`` (one warp, so the
-        per-step ``dB``/``dC`` sums over channels are warp shuffles).
+        per-step ``dB``/``dC`` sums over channels are warp shuffles); a ``"split"``
+        backward: 16 and 1.
 
     Returns:
       ``y`` ``(b, l, d)`` in ``x.dtype``, or ``(y, h_last)``.
@@ -504,7 +511,7 @@ def selective_scan(
     """
     check_backend(interpret, "selective_scan")
     for name, v in (("layout", layout), ("bwd_layout", bwd_layout)):
-        if v not in ("channel", "split", "state"):
+        if v not in (None, "channel", "split", "state"):
             raise NotImplementedError(f"selective_scan kernel: {name}={v!r}")
     x, dt, A, B, C = (jnp.asarray(v) for v in (x, dt, A, B, C))
     b, length, d = x.shape
@@ -524,6 +531,10 @@ def selective_scan(
     if d % groups:
         raise NotImplementedError(f"selective_scan kernel: d={d} not divisible by g={groups}")
     state_default = max(16, min(32, 512 // n))
+    if layout is None:
+        layout = "split" if n >= 4 else "channel"
+    if bwd_layout is None:  # the split backward needs whole warps: 16 channels per block
+        bwd_layout = "split" if n >= 4 and (d // groups) % 16 == 0 else "channel"
 
     def resolve_bd(requested, default, name):
         bd = pow2_divisor(d // groups, requested or default)
@@ -548,8 +559,11 @@ def selective_scan(
     inherit = not channel and not bwd_channel
     bwd_default = (16 if bwd_split else 32) if bwd_channel else (bd if inherit else state_default)
     bwd_bd = resolve_bd(bwd_block_d, bwd_default, "bwd_block_d")
-    if bwd_unroll is None:  # the channel backward spills registers beyond 2 steps
-        bwd_unroll = min(unroll, 2) if bwd_channel else unroll
+    if bwd_unroll is None:  # ~2 (states per thread) bwd_unroll fp32 registers: <= ~64
+        if bwd_split:
+            bwd_unroll = min(unroll, max(1, 64 // n))
+        else:
+            bwd_unroll = min(unroll, 2) if bwd_channel else unroll
     if not is_pow2(unroll) or not is_pow2(bwd_unroll):
         raise NotImplementedError("selective_scan kernel: unroll must be a power of two")
     if unroll % bwd_unroll:
@@ -598,6 +612,8 @@ def selective_scan(
             )
         bwd_warps = 2 * bwd_bd // WARP
     one_warp = bwd_layout == "channel" and bwd_bd == WARP and (bwd_num_warps or bwd_warps) == 1
+    if bwd_butterfly is None:
+        bwd_butterfly = one_warp
     if bwd_butterfly and not one_warp and not bwd_split:
         raise NotImplementedError(
             "selective_scan kernel: bwd_butterfly needs the channel backward with "

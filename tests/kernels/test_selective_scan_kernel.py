@@ -182,7 +182,8 @@ def test_fast_math_and_butterfly_match_sequential(
 
 def test_butterfly_needs_one_warp_of_32_channels(rng):
     args = make_inputs(rng, jnp.float32, 4, (1, 1), True, d=64)
-    for bad in ({"bwd_block_d": 16}, {"bwd_layout": "state"}, {"bwd_num_warps": 2}):
+    chan = {"bwd_layout": "channel"}
+    for bad in ({**chan, "bwd_block_d": 16}, {"bwd_layout": "state"}, {**chan, "bwd_num_warps": 2}):
         with pytest.raises(NotImplementedError, match="bwd_butterfly"):
             selective_scan_kernel(**args, interpret=True, bwd_butterfly=True, **bad)
 
