@@ -474,8 +474,9 @@ def selective_scan(
         start (twice the exps, ``chunks`` times the programs; for grids too small to fill
         the GPU, e.g. long sequences at batch 1-2). Must divide ``l``. Differentiated calls
         always run the single pass. Default: :func:`pallas_kernels.linear_scan.default_chunks`
-        of the forward grid (H100, (2, 16384, 4096): 16 chunks 3.81 ms vs 7.95 ms single
-        pass; at (8, 4096, 4096) the single pass, 2.28 ms, beats 2 or 4 chunks).
+        of a grid of 64-channel blocks, the channel layout's, where it was measured
+        (H100, (2, 16384, 4096): 16 chunks 3.81 ms vs 7.95 ms single pass; at (8, 4096,
+        4096) the single pass, 2.28 ms, beats 2 or 4 chunks).
       bc_block: ``"channel"`` forward: load all ``B_t``/``C_t`` scalars of a block at its
         start, before any of its stores (inline loads cannot be moved above the previous
         step's stores, so each step would wait for its own loads).
@@ -587,7 +588,9 @@ def selective_scan(
     else:
         bwd_warps = chan_warps(bwd_bd) if bwd_channel else state_warps(bwd_bd)
     if chunks is None:
-        chunks = default_chunks(b, d // bd, length)
+        # Decided on 64-channel blocks whatever the layout: how it was measured (the
+        # channel layout's 2-warp programs); a split program has 32 channels on 2 warps.
+        chunks = default_chunks(b, max(1, d // 64), length)
     if not isinstance(chunks, int) or chunks < 1 or length % chunks:
         raise NotImplementedError(
             f"selective_scan kernel: chunks={chunks!r} must divide l={length}"
