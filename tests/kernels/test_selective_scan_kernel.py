@@ -270,7 +270,7 @@ def test_fail_closed(rng):
         selective_scan_kernel(**args, interpret=True, chunks=2)
 
 
-@pytest.mark.parametrize("layout", ["channel", "state"])
+@pytest.mark.parametrize("layout", ["channel", "split", "state"])
 @pytest.mark.parametrize(
     ("dtype", "length", "groups", "full", "chunks"),
     [
