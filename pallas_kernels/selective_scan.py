@@ -86,12 +86,14 @@ from pallas_kernels._selective_scan_common import (
     pack_bf16_pairs,
 )
 from pallas_kernels._selective_scan_kernels import (
-    SPLIT_MASKS,
     _bwd_kernel,
     _bwd_kernel_channel,
-    _bwd_kernel_split,
     _fwd_kernel,
     _fwd_kernel_channel,
+)
+from pallas_kernels._selective_scan_split import (
+    SPLIT_MASKS,
+    _bwd_kernel_split,
     _fwd_kernel_split,
 )
 from pallas_kernels.linear_scan import default_chunks
@@ -99,7 +101,7 @@ from pallas_kernels.linear_scan import default_chunks
 __all__ = ["selective_scan"]
 
 # ----------------------------------------------------------------------------------------
-# pallas_call wrappers (kernel bodies: pallas_kernels._selective_scan_kernels)
+# pallas_call wrappers (kernel bodies: pallas_kernels._selective_scan_kernels, _split)
 # ----------------------------------------------------------------------------------------
 
 
