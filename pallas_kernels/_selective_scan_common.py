@@ -2,7 +2,8 @@
 per-step math and the row loaders (see :mod:`pallas_kernels.selective_scan`)."""
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -160,18 +161,39 @@ def _discretize(row, A2, bias, cfg):
 # Forward kernel
 
 
-def _load_rows_channel(r, start, count, n: int, bc: bool, packed: bool = False):
-    """Channel layout: ``x``/``dt``/``z`` rows and (if ``bc``) ``B_t``/``C_t`` as ``n`` scalars."""
+class Lanes(NamedTuple):
+    """How a ``"channel"`` or ``"split"`` kernel maps its vectors onto the block: element
+    ``e`` of every ``(width,)`` vector is channel ``cols[e]`` of the block (``slice(None)``:
+    channel ``e``), holding the states ``k_of[j]`` in its slots ``j``."""
+
+    cols: Any  # index of the vectors' channels in a block row: slice(None) or an array
+    k_of: list  # state index of each per-thread slot (int, or per-element array)
+    join: Callable  # a per-thread partial sum over states -> the channel's sum
+    bc_now: Callable  # t -> (B_t, C_t) at the slots, loaded now
+    masks: tuple | None  # dB/dC butterfly lane masks; None: one reduction per partial
+    width: int  # elements per vector
+
+
+def load_rows(r, start, count, cols, bc_now=None):
+    """Rows of steps ``start..start+count-1``: ``x``/``dt``/``z`` at channels ``cols`` and,
+    when ``bc_now`` is given, ``B_t``/``C_t`` from it."""
     rows = []
     for u in range(count):
         t = start + u
-        row = {"x": r["x"][t, :], "dt": r["dt"][t, :]}
+        row = {"x": r["x"][t, cols], "dt": r["dt"][t, cols]}
         if r["z"] is not None:
-            row["z"] = r["z"][t, :]
-        if bc:
-            row["B"], row["C"] = bc_scalars_now(r, t, n, packed)
+            row["z"] = r["z"][t, cols]
+        if bc_now is not None:
+            row["B"], row["C"] = bc_now(t)
         rows.append(row)
     return rows
+
+
+def _load_rows_channel(r, start, count, n: int, bc: bool, packed: bool = False):
+    """Channel layout: ``x``/``dt``/``z`` rows and (if ``bc``) ``B_t``/``C_t`` as ``n`` scalars."""
+    return load_rows(
+        r, start, count, slice(None), (lambda t: bc_scalars_now(r, t, n, packed)) if bc else None
+    )
 
 
 def bc_scalars_now(r, t, n: int, packed: bool):

@@ -6,10 +6,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels._common import block_index, blocked_loop
-from pallas_kernels._intrinsics import WARP, butterfly_sums
+from pallas_kernels._intrinsics import ALL_LANES, butterfly_sums
 from pallas_kernels._selective_scan_common import (
     _F32,
     _LN2,
+    Lanes,
     _ckpt_channel,
     _Config,
     _discretize,
@@ -23,6 +24,7 @@ from pallas_kernels._selective_scan_common import (
     _step_inputs,
     _tree_sum,
     bc_scalars_now,
+    load_rows,
 )
 
 # ----------------------------------------------------------------------------------------
@@ -237,27 +239,52 @@ def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
     """Backward, channel layout: the state-layout backward with every ``(BD, n)`` array
     split into ``n`` ``(BD,)`` vectors. Sums over ``n`` (``adj . B``, ``dA . A``, ``y``) are
     per-thread; only the ``dB_t``/``dC_t`` partials reduce over the block's channels, stored
-    as scalars. ``ckpt``, ``dh``, ``dh0``, ``dA`` are in ``(n, d)`` order."""
+    as scalars (or, with ``bwd_butterfly``, by one butterfly over the warp). ``ckpt``,
+    ``dh``, ``dh0``, ``dA`` are in ``(n, d)`` order."""
+    r = _split_refs(refs, _in_names(cfg, backward=True))[0]
+    packed = _packed(cfg)
+    lanes = Lanes(
+        cols=slice(None),
+        k_of=list(range(n)),
+        join=lambda v: v,
+        bc_now=lambda t: bc_scalars_now(r, t, n, packed),
+        masks=ALL_LANES if cfg.bwd_butterfly else None,
+        width=cfg.block_d,
+    )
+    bwd_body(refs, cfg, length, lanes)
+
+
+def bwd_body(refs, cfg: _Config, length: int, lanes: Lanes):
+    """The backward of the ``"channel"`` and ``"split"`` layouts: each thread holds the
+    states ``lanes.k_of`` of channel(s) ``lanes.cols`` of the block as separate vectors.
+
+    Per block of ``cfg.unroll`` steps (last first): reload the checkpoint, recompute the
+    block's states and decays in registers, then run the adjoint backwards through it.
+    Per-channel sums over the states are per-thread partials joined by ``lanes.join``;
+    the per-step ``dB``/``dC`` partials are summed over the block's channels, one
+    reduction each (``lanes.masks`` is ``None``; outputs ``dB``, ``dC``) or by one
+    butterfly over those lane masks (output ``dB``: the ``(l, slots width)`` block of
+    sums, lane order undone by the launcher).
+    """
     r, outs = _split_refs(refs, _in_names(cfg, backward=True))
-    # bwd_butterfly: "dB" is the (l, 32 * slots) block of butterfly sums of dB and dC.
+    bfly = lanes.masks is not None
     out_names = [("dx", True), ("ddt", True), ("dz", cfg.has_z), ("dB", True)]
-    out_names += [("dC", not cfg.bwd_butterfly), ("dA", True), ("dD", cfg.has_D)]
+    out_names += [("dC", not bfly), ("dA", True), ("dD", cfg.has_D)]
     out_names += [("dbias", cfg.has_bias), ("dh0", True)]
     o, _ = _split_refs(outs, out_names)
-    A2 = [r["A2"][k, :].astype(_F32) for k in range(n)]
+    cols, k_of, join, m = lanes.cols, lanes.k_of, lanes.join, len(lanes.k_of)
+    A2 = [r["A2"][k, cols].astype(_F32) for k in k_of]
     A = [a * _LN2 for a in A2]
-    D = r["D"][...].astype(_F32) if cfg.has_D else None
-    bias = r["bias"][...].astype(_F32) if cfg.has_bias else None
+    D = r["D"][cols].astype(_F32) if cfg.has_D else None
+    bias = r["bias"][cols].astype(_F32) if cfg.has_bias else None
     U = cfg.unroll
-
-    packed = _packed(cfg)
 
     def load(start, count):
         blk = block_index(start, U)
-        h_in = [r["ckpt"][blk, k, :] for k in range(n)]
-        rows = _load_rows_channel(r, start, count, n, cfg.prefetch_bc, packed)
+        h_in = [r["ckpt"][blk, k, cols] for k in k_of]
+        rows = load_rows(r, start, count, cols, lanes.bc_now if cfg.prefetch_bc else None)
         for u, row in enumerate(rows):
-            row["dy"] = r["dy"][start + u, :]
+            row["dy"] = r["dy"][start + u, cols]
         return h_in, rows
 
     def body(start, loaded, carry):
@@ -270,10 +297,10 @@ def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
         for u, row in enumerate(rows):
             t = start + u
             x, dt_pre, dt, dtx = _step_inputs(row, bias, cfg)
-            Bs, Cs = _bc_scalars(r, row, t, n, cfg.prefetch_bc, packed)
+            Bs, Cs = (row["B"], row["C"]) if cfg.prefetch_bc else lanes.bc_now(t)
             Bs = [v.astype(_F32) for v in Bs]
-            dA = [_exp2(dt * A2[k], cfg) for k in range(n)]
-            hs.append([dA[k] * hs[-1][k] + dtx * Bs[k] for k in range(n)])
+            dA = [_exp2(dt * A2[k], cfg) for k in range(m)]
+            hs.append([dA[k] * hs[-1][k] + dtx * Bs[k] for k in range(m)])
             steps.append((x, dt_pre, dt, dtx, Bs, Cs, dA))
         # Adjoint, last step first.
         for u in reversed(range(len(rows))):
@@ -285,16 +312,17 @@ def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
             dy = row["dy"].astype(_F32)
             if cfg.has_z:
                 z = row["z"].astype(_F32)
-                y_pre = _tree_sum(h[k] * Cs[k] for k in range(n))
+                y_pre = join(_tree_sum(h[k] * Cs[k] for k in range(m)))
                 if D is not None:
                     y_pre = y_pre + D * x
                 sig = _sig(z, cfg)
-                o["dz"][t, :] = (dy * y_pre * sig * (1.0 + z * (1.0 - sig))).astype(o["dz"].dtype)
+                dz = dy * y_pre * sig * (1.0 + z * (1.0 - sig))
+                o["dz"][t, cols] = dz.astype(o["dz"].dtype)
                 dy = dy * (z * sig)
             adj_b_terms, dda_terms, dB_terms, dC_terms = [], [], [], []
-            for k in range(n):
+            for k in range(m):
                 adj[k] = adj[k] + dy * Cs[k]
-                if cfg.bwd_butterfly:
+                if bfly:
                     dC_terms.append(dy * h[k])
                     dB_terms.append(adj[k] * dtx)
                 else:
@@ -305,31 +333,31 @@ def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
                 acc_A[k] = acc_A[k] + da_a * dt
                 dda_terms.append(da_a * A[k])
                 adj[k] = adj[k] * dA[k]
-            if cfg.bwd_butterfly:  # one (32,) store per 32 sums, lane order permuted
-                sums = butterfly_sums(dB_terms + dC_terms, cfg.interpret)
+            if bfly:  # one vector store per vector of sums, lane order permuted
+                sums = butterfly_sums(dB_terms + dC_terms, cfg.interpret, masks=lanes.masks)
                 for j, v in enumerate(sums):
-                    o["dB"][t, pl.ds(j * WARP, WARP)] = v
-            adj_b, dda = _tree_sum(adj_b_terms), _tree_sum(dda_terms)
+                    o["dB"][t, pl.ds(j * lanes.width, lanes.width)] = v
+            adj_b, dda = join(_tree_sum(adj_b_terms)), join(_tree_sum(dda_terms))
             acc_D, acc_bias = _input_grads(
-                cfg, o, t, x, dt, dt_pre, dy, adj_b, dda, D, acc_D, acc_bias
+                cfg, o, t, x, dt, dt_pre, dy, adj_b, dda, D, acc_D, acc_bias, cols=cols
             )
         return tuple(adj), tuple(acc_A), acc_D, acc_bias
 
-    zeros_d = jnp.zeros((cfg.block_d,), _F32)
+    zeros = jnp.zeros((lanes.width,), _F32)
     carry = (
-        tuple(r["dh"][k, :].astype(_F32) for k in range(n)),
-        tuple(jnp.zeros_like(A2[k]) for k in range(n)),
-        zeros_d if cfg.has_D else None,
-        zeros_d if cfg.has_bias else None,
+        tuple(r["dh"][k, cols].astype(_F32) for k in k_of),
+        tuple(jnp.zeros_like(A2[k]) for k in range(m)),
+        zeros if cfg.has_D else None,
+        zeros if cfg.has_bias else None,
     )
     adj, acc_A, acc_D, acc_bias = blocked_loop(length, U, load, body, carry, reverse_blocks=True)
-    for k in range(n):
-        o["dh0"][k, :] = adj[k]
-        o["dA"][k, :] = acc_A[k]
+    for j, k in enumerate(k_of):
+        o["dh0"][k, cols] = adj[j]
+        o["dA"][k, cols] = acc_A[j]
     if cfg.has_D:
-        o["dD"][...] = acc_D
+        o["dD"][cols] = acc_D
     if cfg.has_bias:
-        o["dbias"][...] = acc_bias
+        o["dbias"][cols] = acc_bias
 
 
 # ----------------------------------------------------------------------------------------
