@@ -100,10 +100,17 @@ def test_matches_sequential(rng, dtype, length, groups, full, unroll, opts):
     if opts.get("pack_bc") and dtype != "bfloat16":
         opts = {**opts, "pack_bc": False}
     args = make_inputs(rng, jnp.dtype(dtype), length, groups, full)
+    check_against_sequential(rng, args, full, {"unroll": unroll, **opts})
+
+
+def check_against_sequential(rng, args, full, opts):
+    """The kernel (interpret mode, ``opts``) equals the sequential reference: ``y``, the final
+    state and every input's gradient (random cotangents on both outputs), dtypes kept."""
+    dtype, length = args["x"].dtype, args["x"].shape[1]
 
     def kernel(p):
         return selective_scan_kernel(
-            **p, dt_softplus=full, return_final_state=True, interpret=True, unroll=unroll, **opts
+            **p, dt_softplus=full, return_final_state=True, interpret=True, **opts
         )
 
     def reference(p):
@@ -113,8 +120,8 @@ def test_matches_sequential(rng, dtype, length, groups, full, unroll, opts):
 
     (y, h), vjp = jax.vjp(kernel, args)
     (y_ref, h_ref), vjp_ref = jax.vjp(reference, args)
-    assert y.dtype == args["x"].dtype and h.dtype == jnp.float32
-    tol = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    assert y.dtype == dtype and h.dtype == jnp.float32
+    tol = jnp.bfloat16 if dtype == jnp.bfloat16 else jnp.float32
     n = max(length, 4)
     assert_allclose(y, y_ref, dtype=tol, n=n)
     assert_allclose(h, h_ref, dtype=tol, n=n)
@@ -152,32 +159,9 @@ def test_fast_math_and_butterfly_match_sequential(
     partials than lanes: ``2 n`` = 8, 64; 32 in ``test_lowers_to_triton``'s case) and the
     split layout's over the lanes of each parity (one and two warps per program)."""
     args = make_inputs(rng, jnp.dtype(dtype), length, groups, full, d=32 * max(groups), n=n)
-    opts = {"fast_math": True, "unroll": unroll, **BUTTERFLY[layout]}
-
-    def kernel(p):
-        return selective_scan_kernel(
-            **p, dt_softplus=full, return_final_state=True, interpret=True, **opts
-        )
-
-    def reference(p):
-        return selective_scan(
-            **p, dt_softplus=full, return_final_state=True, implementation="sequential"
-        )
-
-    (y, h), vjp = jax.vjp(kernel, args)
-    (y_ref, h_ref), vjp_ref = jax.vjp(reference, args)
-    tol = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-    m = max(length, 4)
-    assert_allclose(y, y_ref, dtype=tol, n=m)
-    assert_allclose(h, h_ref, dtype=tol, n=m)
-    cts = (
-        jnp.asarray(rng.normal(size=y.shape), y.dtype),
-        jnp.asarray(rng.normal(size=h.shape), jnp.float32),
+    check_against_sequential(
+        rng, args, full, {"fast_math": True, "unroll": unroll, **BUTTERFLY[layout]}
     )
-    (grads,), (grads_ref,) = vjp(cts), vjp_ref(cts)
-    for name in ARGS:
-        if args[name] is not None:
-            assert_allclose(grads[name], grads_ref[name], dtype=tol, n=m, kind="grad", err_msg=name)
 
 
 def test_butterfly_needs_one_warp_of_32_channels(rng):
