@@ -248,12 +248,16 @@ def _jla_mamba1(args, softplus):
 
 
 def kernel_options(spec: str) -> dict:
-    """``"bc_block+pack_bc+unroll=8"`` -> ``{"bc_block": True, "pack_bc": True, "unroll": 8}``
-    (the options of a ``"pallas:..."`` row: the kernel called directly with them)."""
+    """The options of a ``"pallas:..."`` row (the kernel called directly with them):
+    ``"bc_block+pack_bc=False+unroll=8"`` -> ``{"bc_block": True, "pack_bc": False,
+    "unroll": 8}``."""
     opts = {}
     for item in filter(None, spec.split("+")):
         key, _, value = item.partition("=")
-        opts[key] = (int(value) if value.lstrip("-").isdigit() else value) if value else True
+        if not value or value in ("True", "False"):
+            opts[key] = value != "False"
+        else:
+            opts[key] = int(value) if value.lstrip("-").isdigit() else value
     return opts
 
 

@@ -1,0 +1,119 @@
+"""Benchmark tools: the SASS reader of experiments/bench/sass.py (on small hand-written
+listings in the cuobjdump -sass and nvdisasm formats) and the bench rows' option parser."""
+
+import pytest
+
+from experiments.bench.sass import bounds_ms, mix, opcode, parse_sass, time_loop
+
+CUOBJDUMP = """
+        code for sm_90a
+                Function : selective_scan_fwd_split
+        .headerflags    @"EF_CUDA_SM90 EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)"
+        /*0000*/                   MOV R1, c[0x0][0x28] ;                 /* 0x00000a00ff017624 */
+        /*0010*/                   S2R R0, SR_TID.X ;                     /* 0x0000000000007919 */
+        /*0020*/                   LDG.E.U16 R2, desc[UR4][R4.64] ;       /* 0x0000000404027981 */
+        /*0030*/                   FMUL R3, R2, R6 ;                      /* 0x0000000602037220 */
+        /*0040*/                   MUFU.EX2 R3, R3 ;                      /* 0x0000000300037308 */
+        /*0050*/                   FFMA R7, R3, R7, R8 ;                  /* 0x0000000703077223 */
+        /*0060*/                   MUFU.EX2 R9, R9 ;                      /* 0x0000000900097308 */
+        /*0070*/                   SHFL.BFLY PT, R10, R7, 0x1, 0x1f ;     /* 0x0000000107097f89 */
+        /*0080*/                   STG.E.U16 desc[UR4][R4.64], R10 ;      /* 0x0000000a04007986 */
+        /*0090*/                   IADD3 R4, P0, R4, 0x2000, RZ ;         /* 0x0000200004047810 */
+        /*00a0*/              @!P0 BRA 0x20 ;                             /* 0xfffffff000007947 */
+        /*00b0*/                   MUFU.EX2 R11, R11 ;                    /* 0x0000000b000b7308 */
+        /*00c0*/                   EXIT ;                                 /* 0x000000000000794d */
+                ..........
+"""
+
+NVDISASM = """
+        .text.mamba1_fwd:
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   LDS R2, [R5] ;
+        /*0020*/                   MUFU.EX2 R3, R2 ;
+.L_x_1:
+        /*0030*/                   MUFU.EX2 R4, R2 ;
+        /*0040*/                   FFMA R7, R3, R7, R4 ;
+        /*0050*/                   MUFU.EX2 R8, R2 ;
+        /*0060*/                   STG.E.U16 desc[UR4][R4.64], R7 ;
+        /*0070*/               @P0 BRA `(.L_x_1) ;
+        /*0080*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0090*/               @P1 BRA `(.L_x_0) ;
+        /*00a0*/                   EXIT ;
+"""
+
+
+def test_opcode_strips_the_predicate():
+    assert opcode("@!P0 MUFU.EX2 R3, R2") == "MUFU.EX2"
+    assert opcode("@UP1 BRA 0x20") == "BRA"
+    assert opcode("FFMA R7, R3, R7, R8") == "FFMA"
+
+
+def test_cuobjdump_loop_and_mix():
+    funcs = parse_sass(CUOBJDUMP)
+    assert list(funcs) == ["selective_scan_fwd_split"]
+    body, n_ex2 = time_loop(funcs["selective_scan_fwd_split"])
+    assert n_ex2 == 2  # the EX2 after the loop is not counted
+    assert [a for a, _ in body] == list(range(0x20, 0xB0, 0x10))
+    c = mix(body)
+    assert (c["mufu"], c["fp32"], c["int"], c["ldg/stg"], c["shfl"]) == (2, 2, 1, 2, 1)
+    assert (c["stg"], c["other"], c["total"]) == (1, 1, 9)  # BRA is "other"
+
+
+def test_nvdisasm_labels_pick_the_innermost_loop():
+    body, n_ex2 = time_loop(parse_sass(NVDISASM)["mamba1_fwd"])
+    assert n_ex2 == 2  # the inner loop .L_x_1 holds 2 of the outer loop's 3 EX2
+    assert [a for a, _ in body] == list(range(0x30, 0x80, 0x10))
+
+
+def test_an_outer_loop_when_the_inner_holds_too_few():
+    extra = "MUFU.EX2 R3, R2 ;\n /*0024*/ MUFU.EX2 R5, R5 ;\n /*0028*/ MUFU.EX2 R6, R6"
+    body, n_ex2 = time_loop(parse_sass(NVDISASM.replace("MUFU.EX2 R3, R2", extra))["mamba1_fwd"])
+    assert n_ex2 == 5 and body[0][0] == 0x10  # the inner loop holds 2 < 5 / 2
+
+
+def test_nvdisasm_unknown_label_is_no_loop():
+    listing = NVDISASM.replace("@P0 BRA `(.L_x_1)", "@P0 BRA `(.L_x_9)")
+    body, n_ex2 = time_loop(parse_sass(listing)["mamba1_fwd"])
+    assert n_ex2 == 3 and body[0][0] == 0x10  # the inner branch's label is unknown
+
+
+def test_bounds_scale_with_the_counts():
+    b = bounds_ms({"total": 64.0, "mufu": 16.0}, 32 * 132 * 1e6, clock_ghz=1.0)
+    # 64 warp-instr per 32 channel-steps -> 64e6 per SM at 4/clk, 1 GHz: 16 ms
+    assert b["issue"] == pytest.approx(16.0)
+    assert b["mufu"] == pytest.approx(16e6 / 0.5 / 1e9 * 1e3)
+
+
+def test_elf_images_cut_from_a_serialized_executable():
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental.serialize_executable import serialize
+
+    from experiments.bench.sass import elf_images
+
+    blob = serialize(jax.jit(lambda x: jnp.exp(x) * 2).lower(jnp.ones(8)).compile())[0]
+    images = elf_images(blob)
+    assert len(images) == 1 and images[0][:4] == b"\x7fELF"
+    # each image ends with its section header table, so a second copy is found whole
+    assert elf_images(b"xx\x7fELFjunk" + images[0] + b"\x00" * 7 + images[0]) == images * 2
+
+
+def test_kernel_options_of_a_bench_row():
+    from experiments.bench.kernels import kernel_options
+
+    assert kernel_options("layout=channel+pack_bc=False+unroll=8+fast_math") == {
+        "layout": "channel",
+        "pack_bc": False,
+        "unroll": 8,
+        "fast_math": True,
+    }
+
+
+def test_ptx_texts_found_between_binary_fields():
+    from experiments.bench.sass import ptx_texts
+
+    ptx = "//\n// Generated by LLVM NVPTX Back-End\n.version 8.7\n.target sm_90a\n"
+    ptx += ".visible .entry k()\n{\n" + "  ret;\n" * 40 + "}\n"
+    blob = b"\x08\x96\x01\x12\xe3" + ptx.encode() + b"\x1a\x00\xff" + b"x" * 300 + b"\x00"
+    assert ptx_texts(blob) == [ptx]
