@@ -420,13 +420,14 @@ def selective_scan(
 ):
     """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
 
-    Defaults (for ``n >= 4``: ``layout="split"``, 32 channels on 2 warps per forward
-    program, ``unroll=4``; ``bwd_layout="split"``, 16 channels on 1 warp per backward
+    Defaults (``layout="channel"``, 64 channels on 2 warps per forward program,
+    ``unroll=4``; for ``n >= 4`` ``bwd_layout="split"``, 16 channels on 1 warp per backward
     program, ``bwd_unroll=4`` at ``n = 16``; ``fast_math``; bf16 ``B``/``C`` packed in
     pairs and prefetched a block ahead in the forward) are the fastest measured at
-    (8, 4096, 4096, 16) bf16 (``experiments/bench/kernels.py``, BENCHMARKS.md: 7.8-7.9 ms
-    forward+backward on an H200 against 9.8 ms for the previous channel-layout defaults in
-    the same run). For ``n < 4`` the ``"channel"`` layouts.
+    (8, 4096, 4096, 16) bf16 (``experiments/bench/kernels.py``, BENCHMARKS.md: on the H100
+    1.61-1.69 ms forward and 7.7-8.0 ms forward+backward, against 1.77-1.95 / 7.8-8.3 ms
+    with the ``"split"`` forward in the same runs; on an H200 the two forwards were
+    within 5%). For ``n < 4`` the backward is ``"channel"`` too.
 
     Args:
       x, dt, z: ``(b, l, d)``, float32 or bfloat16 (``z`` optional).
@@ -441,10 +442,10 @@ def selective_scan(
         program holds its ``BD`` channels as 1-D vectors and the ``n`` states as ``n``
         separate ``(BD,)`` vectors (one channel per thread when ``num_warps = BD / 32``),
         ``B_t``/``C_t`` loaded as scalars, no reduction over ``n`` across threads.
-        ``"split"`` (default for ``n >= 4``): the channel layout on twice the threads, two
-        per channel with ``n / 2`` states each (their partial ``y`` summed by one lane
-        shuffle; ``2 BD / 32`` warps). ``"state"``: the original ``(BD, n)`` 2-D state
-        block.
+        Default. ``"split"``: the channel layout on twice the threads, two per channel
+        with ``n / 2`` states each (their partial ``y`` summed by one lane shuffle;
+        ``2 BD / 32`` warps; within 5% of ``"channel"`` on an H200, 9-13% slower on the
+        H100). ``"state"``: the original ``(BD, n)`` 2-D state block.
       block_d: channels per forward program (power of two, dividing ``d / g``); default 64
         for ``"channel"``, 32 for ``"split"`` and for ``"state"`` (at ``n = 16``).
       unroll: time steps per loaded block of the forward kernel.
@@ -535,7 +536,7 @@ def selective_scan(
         raise NotImplementedError(f"selective_scan kernel: d={d} not divisible by g={groups}")
     state_default = max(16, min(32, 512 // n))
     if layout is None:
-        layout = "split" if n >= 4 else "channel"
+        layout = "channel"
     if bwd_layout is None:  # the split backward needs whole warps: 16 channels per block
         bwd_layout = "split" if n >= 4 and (d // groups) % 16 == 0 else "channel"
 
@@ -591,7 +592,7 @@ def selective_scan(
         bwd_warps = chan_warps(bwd_bd) if bwd_channel else state_warps(bwd_bd)
     if chunks is None:
         # Decided on 64-channel blocks whatever the layout: how it was measured (the
-        # channel layout's 2-warp programs); a split program has 32 channels on 2 warps.
+        # channel layout's default 2-warp programs).
         chunks = default_chunks(b, max(1, d // 64), length)
     if not isinstance(chunks, int) or chunks < 1 or length % chunks:
         raise NotImplementedError(
