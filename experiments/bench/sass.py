@@ -1,22 +1,24 @@
-"""Instruction mix of the compiled selective-scan kernels (SASS), ours against the anchor.
+"""Instruction mix of the anchor's compiled Mamba-1 forward (SASS), for the floor analysis.
 
-No profiler runs on the lent GPU, so this reads what the hardware executes instead: each
-implementation is compiled in a child process with its PTX dumped (XLA's ``--xla_dump_to``
-for the Pallas-Triton kernels, ``MOSAIC_GPU_DUMP_PTX`` for jax-linear-attention's Mosaic GPU
-kernel), assembled with ``ptxas -v`` (registers, spills) and disassembled with
-``cuobjdump -sass`` (the tools Triton ships). In each kernel the time loop (the innermost
-backward branch around the ``MUFU.EX2`` work) is cut out and its instructions are counted
-by unit, per thread and step, then per channel-step (threads per channel: 2 in the split
-layout, 1 in the channel layout and in jla's kernel). From those counts, lower bounds on
-the loop's time at the benchmark shape follow from the per-SM issue rates (the
-``--clock-ghz`` clock, 132 SMs): 4 warp-instructions/clk issued, MUFU 0.5, FP32 4, INT 2,
-memory (LSU) 1 warp-instruction/clk (rates [doc]/[unverified], see performance.md).
+No profiler runs on the lent GPU, so this reads what the hardware executes instead: the
+kernel is compiled in a child process with its PTX dumped (``MOSAIC_GPU_DUMP_PTX``: the
+Mosaic GPU kernels of jax-linear-attention, ``--impls jla``), assembled with ``ptxas -v``
+(registers, spills) and disassembled with ``cuobjdump -sass``. The time loop (the
+innermost backward branch around most of the ``MUFU.EX2`` work) is cut out and its
+instructions are counted by unit, per thread and step (steps = ``y`` stores in the loop),
+then per channel-step. From those counts, lower bounds on the loop's time at the benchmark
+shape follow from the per-SM issue rates (the ``--clock-ghz`` clock, 132 SMs): 4
+warp-instructions/clk issued, MUFU 0.5, FP32 4, INT 2, memory (LSU) 1 (Hopper SM: 4
+schedulers, 16 MUFU, 128 FP32, 64 INT32, 32 load/store lanes).
 
-    python -m experiments.bench.sass [--impls pallas,pallas:layout=channel,jla] [--grad]
+Our Pallas-Triton kernels cannot be read this way on JAX 0.11.2: XLA writes no PTX under
+``--xla_dump_to`` (with or without ``--xla_gpu_dump_llvmir``) and its serialized executable
+holds no plain cubin or PTX (both tried on the H100, 2026-12-06).
+
+    python -m experiments.bench.sass [--impls jla] [--keep DIR]
 
 The ``ptxas`` used is the first of: ``$PTXAS``, ``ptxas`` on the PATH, the CUDA packages of
-the JAX install, Triton's; its version is printed (its schedule can differ from the one the
-runtime used; counts are the evidence, not the exact program that was timed).
+the JAX install, Triton's; its version is printed.
 """
 
 import argparse
@@ -249,60 +251,6 @@ def disassemble(cubin: str) -> str:
     raise RuntimeError(f"no cuobjdump/nvdisasm could disassemble {cubin}")
 
 
-def _le(data: bytes, at: int, size: int) -> int:
-    return int.from_bytes(data[at : at + size], "little")
-
-
-def elf_images(blob: bytes) -> list[bytes]:
-    """The 64-bit little-endian ELF files inside ``blob`` (a serialized executable holds
-    its cubins), each cut at the end of its last section or header table."""
-    out, at = [], blob.find(b"\x7fELF")
-    while at >= 0:
-        head = blob[at : at + 64]
-        if len(head) == 64 and head[4] == 2 and head[5] == 1:
-            shoff, shentsize, shnum = _le(head, 0x28, 8), _le(head, 0x3A, 2), _le(head, 0x3C, 2)
-            end = _le(head, 0x20, 8) + _le(head, 0x36, 2) * _le(head, 0x38, 2)
-            end = max(end, shoff + shentsize * shnum)
-            for i in range(shnum):
-                sh = blob[at + shoff + i * shentsize : at + shoff + (i + 1) * shentsize]
-                if len(sh) == 64 and int.from_bytes(sh[4:8], "little") != 8:  # not NOBITS
-                    off = int.from_bytes(sh[0x18:0x20], "little")
-                    end = max(end, off + int.from_bytes(sh[0x20:0x28], "little"))
-            if 64 <= end <= len(blob) - at:
-                out.append(blob[at : at + end])
-                at = blob.find(b"\x7fELF", at + end)
-                continue
-        at = blob.find(b"\x7fELF", at + 4)
-    return out
-
-
-def _res_usage(cubin: str) -> dict:
-    """``cuobjdump -res-usage``: per function its registers and local (spill) bytes."""
-    out, name = {}, None
-    for tool in _tool_candidates("cuobjdump"):
-        p = subprocess.run([tool, "-res-usage", cubin], capture_output=True, text=True)
-        if p.returncode:
-            continue
-        for line in p.stdout.splitlines():
-            m = re.search(r"Function (\S+?):?\s*$", line)
-            if m:
-                name = m.group(1)
-            m = re.search(r"REG:(\d+).*LOCAL:(\d+)", line)
-            if m and name:
-                out[name] = {"regs": int(m.group(1)), "spill": int(m.group(2))}
-        return out
-    return out
-
-
-def ptx_texts(blob: bytes) -> list[str]:
-    """The PTX modules inside ``blob``: runs of printable ASCII holding ``.entry``."""
-    return [
-        m.group().decode()
-        for m in re.finditer(rb"[\t\n\r\x20-\x7e]{200,}", blob)
-        if b".entry" in m.group() and b".target" in m.group()
-    ]
-
-
 def _registers(log: str) -> dict:
     """ptxas -v: per function its registers and spill bytes."""
     out, name = {}, None
@@ -319,100 +267,76 @@ def _registers(log: str) -> dict:
     return out
 
 
-def child(impl: str, grad: bool, shape, dump: str | None) -> None:
-    """Compiles and runs ``impl`` once; writes its serialized XLA executable to ``dump``
-    (a Mosaic GPU kernel's PTX is dumped by the environment the parent set)."""
+def child(impl: str, shape) -> None:
+    """Compiles and runs ``impl``'s forward once (its PTX dumped by the environment the
+    parent set)."""
     import jax
     import jax.numpy as jnp
 
     from experiments.bench.kernels import ss_fns, ss_inputs
 
     b, length, d, n = shape
-    args = ss_inputs(b, length, d, n, jnp.bfloat16)
-    fwd, g = ss_fns(impl)
-    call = (g, (args, jnp.ones((b, length, d), jnp.float32))) if grad else (fwd, (args,))
-    jax.block_until_ready(call[0](*call[1]))
-    if dump is not None:  # the XLA executable, cubins inside
-        from jax.experimental.serialize_executable import serialize
-
-        with open(os.path.join(dump, "executable.bin"), "wb") as f:
-            f.write(serialize(call[0].lower(*call[1]).compile())[0])
+    fwd, _ = ss_fns(impl)
+    jax.block_until_ready(fwd(ss_inputs(b, length, d, n, jnp.bfloat16)))
 
 
-def analyse(impl: str, grad: bool, shape, work: str, clock_ghz: float, keep: str | None):
-    dump = os.path.join(work, re.sub(r"\W", "_", impl) + ("_grad" if grad else "_fwd"))
+def analyse(impl: str, shape, work: str, keep: str | None) -> list[dict]:
+    """Time-loop instruction counts of every kernel of ``impl``'s forward with one."""
+    if impl != "jla":
+        raise NotImplementedError(
+            f"{impl}: only Mosaic GPU kernels dump their PTX (see the module docstring)"
+        )
+    dump = os.path.join(work, re.sub(r"\W", "_", impl))
     os.makedirs(dump, exist_ok=True)
-    env = dict(os.environ)
+    env = dict(os.environ, MOSAIC_GPU_DUMP_PTX="1", MOSAIC_GPU_DUMP_TO=dump)
     cmd = [sys.executable, "-m", "experiments.bench.sass", "--child", impl]
-    cmd += ["--shape", ",".join(map(str, shape))] + (["--grad"] if grad else [])
-    if impl == "jla":
-        env.update(MOSAIC_GPU_DUMP_PTX="1", MOSAIC_GPU_DUMP_TO=dump)
-    else:
-        cmd += ["--dump", dump]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    cmd += ["--shape", ",".join(map(str, shape))]
+    p = subprocess.run(cmd, env=env, text=True, capture_output=True)
     if p.returncode:
         raise RuntimeError(p.stderr[-2000:])
-    images = []  # (cubin path, register usage, tool version)
-    if impl != "jla":
-        blob = open(os.path.join(dump, "executable.bin"), "rb").read()
-        for i, image in enumerate(elf_images(blob)):
-            cubin = os.path.join(dump, f"image{i}.cubin")
-            open(cubin, "wb").write(image)
-            images.append((cubin, _res_usage(cubin), "xla"))
-        for i, text in enumerate(ptx_texts(blob)):
-            with open(os.path.join(dump, f"module{i}.ptx"), "w") as f:
-                f.write(text[text.index("//") if "//" in text else 0 :])
-        if not images and not glob.glob(f"{dump}/*.ptx"):
-            raise RuntimeError(f"no cubin or PTX in the executable ({len(blob)} B): {blob[:160]}")
     ptxs = [f for f in glob.glob(f"{dump}/**/*.ptx", recursive=True) if "ex2" in open(f).read()]
-    for ptx in ptxs:
-        cubin, log, version = assemble(ptx, dump)
-        images.append((cubin, _registers(log), version))
-    if not images:
+    if not ptxs:
         raise RuntimeError(f"no PTX with ex2 dumped under {dump}: {os.listdir(dump)[:20]}")
     rows = []
-    for cubin, regs, version in images:
+    for ptx in ptxs:
+        cubin, log, version = assemble(ptx, dump)
+        regs = _registers(log)
         for fname, insns in parse_sass(disassemble(cubin)).items():
             body, n_ex2 = time_loop(insns)
             if body is None or n_ex2 < 4:
                 continue
-            c = mix(body)
             if keep:
                 os.makedirs(keep, exist_ok=True)
-                tag = re.sub(r"\W", "_", f"{impl}_{'grad' if grad else 'fwd'}_{fname}")[:120]
-                with open(os.path.join(keep, tag + ".sass"), "w") as f:
+                with open(os.path.join(keep, re.sub(r"\W", "_", fname) + ".sass"), "w") as f:
                     f.write("\n".join(f"/*{a:04x}*/ {t}" for a, t in body) + "\n")
             rows.append(
                 {
                     "impl": impl,
-                    "mode": "grad" if grad else "fwd",
                     "kernel": fname,
                     "ptxas": version,
-                    "counts": dict(c),
+                    "counts": dict(mix(body)),
                     **regs.get(fname, {}),
                 }
             )
     return rows
 
 
-def report(rows, shape, clock_ghz, steps_of) -> list[dict]:
-    """Per thread-step and per channel-step counts and the unit bounds of each kernel."""
+def report(rows, shape, clock_ghz) -> list[dict]:
+    """Per thread-step counts (steps = ``y`` stores in the loop; one channel per thread)
+    and the unit bounds of each kernel at ``shape``."""
     b, length, d, _ = shape
     out = []
     for r in rows:
         c = r["counts"]
-        steps, tpc = steps_of(r)
+        steps = max(c.get("stg", 1), 1)
         per_step = {k: v / steps for k, v in c.items()}
-        per_ch = {k: v * tpc for k, v in per_step.items()}
-        bound = bounds_ms(per_ch, b * length * d, clock_ghz)
         row = {
             "impl": r["impl"],
-            "mode": r["mode"],
             "kernel": r["kernel"][:40],
+            "ptxas": r["ptxas"],
             "regs": r.get("regs", ""),
             "spill B": r.get("spill", ""),
             "steps/iter": steps,
-            "thr/ch": tpc,
         }
         for k in (
             "total",
@@ -427,50 +351,23 @@ def report(rows, shape, clock_ghz, steps_of) -> list[dict]:
             "other",
         ):
             row[k] = per_step.get(k, 0.0)
-        row["warp-instr/32 ch-steps"] = per_ch.get("total", 0.0)
-        for k, v in bound.items():
+        for k, v in bounds_ms(per_step, b * length * d, clock_ghz).items():
             row[f"{k} ms"] = v
         out.append(row)
     return out
 
 
-def _steps_of(shape):
-    """Steps per loop iteration and threads per channel of a row: forward loops store one
-    ``y`` row per thread and step (forward-only runs save no checkpoints), backward loops
-    run ``bwd_unroll`` steps (by the options' defaults)."""
-    n = shape[3]
-
-    def steps_of(r):
-        opts = {}
-        if r["impl"].startswith("pallas:"):
-            from experiments.bench.kernels import kernel_options
-
-            opts = kernel_options(r["impl"].split(":", 1)[1])
-        ours = r["impl"] != "jla"
-        split = ours and n >= 4 and opts.get("layout", "split") == "split"
-        if ours and "bwd" in r["kernel"]:
-            unroll = opts.get("unroll", 4)
-            steps = opts.get("bwd_unroll", min(unroll, max(1, 64 // n)) if split else 2)
-            bwd_split = opts.get("bwd_layout", "split" if split else "channel") == "split"
-            return steps, 2 if bwd_split else 1
-        return max(r["counts"].get("stg", 1), 1), 2 if split else 1
-
-    return steps_of
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impls", default="pallas,pallas:layout=channel,jla")
-    parser.add_argument("--grad", action="store_true", help="also the backward kernels")
+    parser.add_argument("--impls", default="jla")
     parser.add_argument("--shape", default="8,4096,4096,16", help="b,l,d,n")
     parser.add_argument("--clock-ghz", type=float, default=1.755)
     parser.add_argument("--keep", default=None, help="folder for the loop bodies' SASS")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--dump", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(","))
     if args.child:
-        child(args.child, args.grad, shape, args.dump)
+        child(args.child, shape)
         return
     from experiments.bench._harness import header, table
 
@@ -478,23 +375,18 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for impl in args.impls.split(","):
-            for grad in (False, True) if args.grad and impl != "jla" else (False,):
-                try:
-                    found = analyse(impl, grad, shape, work, args.clock_ghz, args.keep)
-                except Exception as e:  # one failing impl must not hide the others
-                    print(f"{impl} ({'grad' if grad else 'fwd'}): {str(e)[-600:]}", flush=True)
-                    continue
-                for r in found:
-                    print(json.dumps(r), flush=True)
-                rows += found
-    cols = ["impl", "mode", "kernel", "regs", "spill B", "steps/iter", "thr/ch", "total"]
-    cols += ["mufu", "fp32", "int", "conv", "ldg/stg", "lds/sts", "shfl", "uniform", "other"]
-    cols += ["warp-instr/32 ch-steps", "issue ms", "mufu ms", "fp32 ms", "int ms", "mem ms"]
+            found = analyse(impl, shape, work, args.keep)
+            for r in found:
+                print(json.dumps(r), flush=True)
+            rows += found
+    cols = ["impl", "kernel", "ptxas", "regs", "spill B", "steps/iter", "total", "mufu"]
+    cols += ["fp32", "int", "conv", "ldg/stg", "lds/sts", "shfl", "uniform", "other"]
+    cols += ["issue ms", "mufu ms", "fp32 ms", "int ms", "mem ms"]
     print(
         f"\nper thread-step instruction counts in the time loop; bounds at {shape}, "
         f"{args.clock_ghz} GHz, 132 SMs"
     )
-    print(table(report(rows, shape, args.clock_ghz, _steps_of(shape)), cols))
+    print(table(report(rows, shape, args.clock_ghz), cols))
 
 
 if __name__ == "__main__":
