@@ -1,24 +1,32 @@
-"""Instruction mix of the anchor's compiled Mamba-1 forward (SASS), for the floor analysis.
+"""Instruction mix of the compiled Mamba-1 forward kernels (SASS): ours and the anchor's.
 
-No profiler runs on the lent GPU, so this reads what the hardware executes instead: the
-kernel is compiled in a child process with its PTX dumped (``MOSAIC_GPU_DUMP_PTX``: the
-Mosaic GPU kernels of jax-linear-attention, ``--impls jla``), assembled with ``ptxas -v``
-(registers, spills) and disassembled with ``cuobjdump -sass``. The time loop (the
-innermost backward branch around most of the ``MUFU.EX2`` work) is cut out and its
-instructions are counted by unit, per thread and step (steps = ``y`` stores in the loop),
-then per channel-step. From those counts, lower bounds on the loop's time at the benchmark
-shape follow from the per-SM issue rates (the ``--clock-ghz`` clock, 132 SMs): 4
-warp-instructions/clk issued, MUFU 0.5, FP32 4, INT 2, memory (LSU) 1 (Hopper SM: 4
-schedulers, 16 MUFU, 128 FP32, 64 INT32, 32 load/store lanes).
+No profiler runs on the lent GPU, so this reads what the hardware executes instead. Our
+Pallas-Triton forward is lowered for CUDA (no GPU needed), its Triton IR taken from the
+custom call and compiled by the ``triton`` package (pip ``triton``, 3.6 here; it stands in
+for XLA's bundled Triton, which receives the same IR, so the counts may differ a little
+from the program that runs). The anchor's Mosaic GPU kernel (``--impls jla``, GPU machine
+with its wheel) is compiled in a child process with its PTX dumped
+(``MOSAIC_GPU_DUMP_PTX``) and assembled with ``ptxas -v``. Each cubin is disassembled
+(``cuobjdump -sass``), the time loop (the innermost backward branch around most of the
+``MUFU.EX2`` work) cut out and its instructions counted by unit, per channel and step
+(steps = ``y`` stores in the loop, one per thread and step; divided by the channels a
+thread holds: 2 threads per channel in the split layout). From those counts, lower bounds
+on the loop's time at ``--shape`` follow from the per-SM issue rates (the ``--clock-ghz``
+clock, 132 SMs): 4 warp-instructions/clk issued, MUFU 0.5, FP32 4, INT 2, memory (LSU) 1
+(Hopper SM: 4 schedulers, 16 MUFU, 128 FP32, 64 INT32, 32 load/store lanes).
 
-Our Pallas-Triton kernels cannot be read this way on JAX 0.11.2: XLA writes no PTX under
-``--xla_dump_to`` (with or without ``--xla_gpu_dump_llvmir``) and its serialized executable
-holds no plain cubin or PTX (both tried on the H100, 2026-12-06).
+XLA itself (JAX 0.11.2) writes no PTX under ``--xla_dump_to`` (also with
+``--xla_gpu_dump_llvmir``) and its serialized executable holds no plain cubin or PTX (both
+tried on the H100, 2026-12-06), hence the stand-in compiler.
 
-    python -m experiments.bench.sass [--impls jla] [--keep DIR]
+    pip install triton==3.6.0   # once, on any Linux x86-64 machine (no GPU needed)
+    python -m experiments.bench.sass [--impls pallas,pallas:num_warps=1,jla] [--grad] [--keep DIR]
 
-The ``ptxas`` used is the first of: ``$PTXAS``, ``ptxas`` on the PATH, the CUDA packages of
-the JAX install, Triton's; its version is printed.
+``--grad``: for ours, the kernels of a gradient (the forward that saves checkpoints, and the
+backward; steps per iteration from the kernel options, see :func:`loop_geometry`).
+
+The ``ptxas``/``cuobjdump`` used are the first of: ``$PTXAS``/``$CUOBJDUMP``, the PATH, the
+CUDA packages of the JAX install, Triton's.
 """
 
 import argparse
@@ -280,14 +288,8 @@ def child(impl: str, shape) -> None:
     jax.block_until_ready(fwd(ss_inputs(b, length, d, n, jnp.bfloat16)))
 
 
-def analyse(impl: str, shape, work: str, keep: str | None) -> list[dict]:
-    """Time-loop instruction counts of every kernel of ``impl``'s forward with one."""
-    if impl != "jla":
-        raise NotImplementedError(
-            f"{impl}: only Mosaic GPU kernels dump their PTX (see the module docstring)"
-        )
-    dump = os.path.join(work, re.sub(r"\W", "_", impl))
-    os.makedirs(dump, exist_ok=True)
+def _jla_cubins(impl: str, shape, dump: str) -> list:
+    """The anchor's kernels: PTX dumped by Mosaic GPU in a child process, then ptxas."""
     env = dict(os.environ, MOSAIC_GPU_DUMP_PTX="1", MOSAIC_GPU_DUMP_TO=dump)
     cmd = [sys.executable, "-m", "experiments.bench.sass", "--child", impl]
     cmd += ["--shape", ",".join(map(str, shape))]
@@ -297,61 +299,193 @@ def analyse(impl: str, shape, work: str, keep: str | None) -> list[dict]:
     ptxs = [f for f in glob.glob(f"{dump}/**/*.ptx", recursive=True) if "ex2" in open(f).read()]
     if not ptxs:
         raise RuntimeError(f"no PTX with ex2 dumped under {dump}: {os.listdir(dump)[:20]}")
-    rows = []
+    out = []
     for ptx in ptxs:
         cubin, log, version = assemble(ptx, dump)
-        regs = _registers(log)
+        out.append((cubin, _registers(log), f"ptxas {version}"))
+    return out
+
+
+def _triton_kernels(fn, *args) -> list:
+    """``(name, TTIR bytecode, num_warps, num_stages)`` of every Pallas-Triton kernel in
+    ``fn(*args)``, lowered for CUDA (works on a machine without a GPU)."""
+    import jax
+
+    module = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).compiler_ir()
+    found = []
+
+    def walk(op):
+        for region in op.regions:
+            for block in region:
+                for inner in block.operations:
+                    attrs = inner.operation.attributes
+                    if inner.operation.name == "stablehlo.custom_call":
+                        if "mhlo.backend_config" in attrs:
+                            config = attrs["mhlo.backend_config"]
+                            if "ir" in config:
+                                found.append(
+                                    (
+                                        config["ir"].value_bytes,
+                                        int(str(config["num_warps"]).split()[0]),
+                                        int(str(config["num_stages"]).split()[0]),
+                                    )
+                                )
+                    walk(inner.operation)
+
+    walk(module.operation)
+    return found
+
+
+def _pallas_cubins(impl: str, shape, dump: str, grad: bool = False) -> list:
+    """Our kernels (the forward; with ``grad`` the saving forward and the backward of a
+    gradient): their TTIR (as XLA would receive it) compiled by the ``triton``
+    package (pip ``triton``; it stands in for XLA's bundled Triton, so counts can differ a
+    little from what runs), then its cubin's registers (``cuobjdump -res-usage``)."""
+    import jax
+    import jax.numpy as jnp
+    import triton
+    from jaxlib.mlir import ir
+    from jaxlib.triton import dialect
+    from triton.backends.compiler import GPUTarget
+
+    import pallas_kernels.selective_scan as kernel_module
+    from experiments.bench.kernels import kernel_options, ss_inputs
+
+    opts = kernel_options(impl.split(":", 1)[1]) if ":" in impl else {}
+    b, length, d, n = shape
+    small = ss_inputs(1, 8, 8, n, jnp.bfloat16)  # only dtypes and ranks are taken from it
+    full = {"x": (b, length, d), "dt": (b, length, d), "z": (b, length, d), "A": (d, n)}
+    full.update({"B": (b, length, n), "C": (b, length, n), "D": (d,), "dt_bias": (d,)})
+    args = {k: jax.ShapeDtypeStruct(full[k], v.dtype) for k, v in small.items()}
+    real_check = kernel_module.check_backend
+    kernel_module.check_backend = lambda *a, **k: None  # lowering only, nothing runs
+
+    def run(a):
+        return kernel_module.selective_scan(**a, dt_softplus=True, **opts)
+
+    fn = jax.grad(lambda a: jnp.sum(run(a).astype(jnp.float32))) if grad else run
+    try:
+        kernels = _triton_kernels(fn, args)
+    finally:
+        kernel_module.check_backend = real_check
+    out = []
+    for i, (data, warps, stages) in enumerate(kernels):
+        ctx = ir.Context()
+        dialect.register_dialect(ctx)
+        with ctx:
+            text = ir.Module.parse(data).operation.get_asm(print_generic_op_form=True)
+        path = os.path.join(dump, f"kernel{i}.ttir")
+        with open(path, "w") as f:
+            f.write(text)
+        compiled = triton.compile(
+            path,
+            target=GPUTarget("cuda", 90, 32),
+            options={"num_warps": warps, "num_stages": stages},
+        )
+        cubin = path.replace(".ttir", ".cubin")
+        with open(cubin, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        out.append((cubin, _res_usage(cubin), f"triton {triton.__version__}"))
+    return out
+
+
+def _res_usage(cubin: str) -> dict:
+    """``cuobjdump -res-usage``: per function its registers and local (spill) bytes."""
+    for tool in _tool_candidates("cuobjdump"):
+        p = subprocess.run([tool, "-res-usage", cubin], capture_output=True, text=True)
+        if p.returncode:
+            continue
+        out, name = {}, None
+        for line in p.stdout.splitlines():
+            m = re.search(r"Function (\S+?):?\s*$", line)
+            if m:
+                name = m.group(1)
+            m = re.search(r"REG:(\d+).*LOCAL:(\d+)", line)
+            if m and name:
+                out[name] = {"regs": int(m.group(1)), "spill": int(m.group(2))}
+        return out
+    return {}
+
+
+def loop_geometry(impl: str, kernel: str, counts: dict, n: int) -> tuple[float, float]:
+    """``(steps per loop iteration, channels per thread)`` of a kernel's time loop: the
+    anchor's and our forward-only loops store one ``y`` per thread and step; our saving
+    forward and backward run ``unroll`` / ``bwd_unroll`` steps (the options' defaults as in
+    :func:`pallas_kernels.selective_scan.selective_scan`); a split layout has two threads
+    per channel."""
+    if impl == "jla":
+        return max(counts.get("stg", 1), 1), 1.0
+    from experiments.bench.kernels import kernel_options
+
+    opts = kernel_options(impl.split(":", 1)[1]) if ":" in impl else {}
+    unroll = opts.get("unroll", 4)
+    if "bwd" in kernel:
+        layout = opts.get("bwd_layout", "split" if n >= 4 else "channel")
+        split = layout == "split"
+        steps = opts.get("bwd_unroll", min(unroll, max(1, 64 // n)) if split else min(unroll, 2))
+        block_d = opts.get("bwd_block_d", 16 if split else 32)
+        warps = opts.get("bwd_num_warps", 2 * block_d // 32 if split else 1)
+    else:
+        layout = opts.get("layout", "channel")
+        steps = unroll
+        block_d = opts.get("block_d", 32 if layout == "split" else 64)
+        warps = opts.get("num_warps", 2 * block_d // 32 if layout == "split" else block_d // 32)
+    if layout not in ("channel", "split"):
+        raise NotImplementedError(f"{impl}: the state layout spreads a channel's states")
+    return steps, block_d / (32 * warps)  # split: 2 block_d threads, so 1/2
+
+
+def analyse(impl: str, shape, work: str, keep: str | None, grad: bool = False) -> list[dict]:
+    """Time-loop instruction counts of every kernel of ``impl``'s forward (with ``grad``,
+    for ours: of the saving forward and the backward) that has one."""
+    dump = os.path.join(work, re.sub(r"\W", "_", impl) + ("_grad" if grad else ""))
+    os.makedirs(dump, exist_ok=True)
+    if impl == "jla":
+        images = _jla_cubins(impl, shape, dump)
+    else:
+        images = _pallas_cubins(impl, shape, dump, grad)
+    rows = []
+    for cubin, regs, compiler in images:
         for fname, insns in parse_sass(disassemble(cubin)).items():
             body, n_ex2 = time_loop(insns)
             if body is None or n_ex2 < 4:
                 continue
             if keep:
                 os.makedirs(keep, exist_ok=True)
-                with open(os.path.join(keep, re.sub(r"\W", "_", fname) + ".sass"), "w") as f:
+                tag = re.sub(r"\W", "_", f"{impl}_{fname}")[:120]
+                with open(os.path.join(keep, tag + ".sass"), "w") as f:
                     f.write("\n".join(f"/*{a:04x}*/ {t}" for a, t in body) + "\n")
+            counts = dict(mix(body))
+            steps, per_thread = loop_geometry(impl, fname, counts, shape[3])
             rows.append(
                 {
                     "impl": impl,
                     "kernel": fname,
-                    "ptxas": version,
-                    "counts": dict(mix(body)),
+                    "compiler": compiler,
+                    "steps/iter": steps,
+                    "ch/thread": per_thread,
+                    "counts": counts,
                     **regs.get(fname, {}),
                 }
             )
     return rows
 
 
+UNIT_COLUMNS = ("total", "mufu", "fp32", "int", "conv", "ldg/stg", "lds/sts", "shfl", "uniform")
+
+
 def report(rows, shape, clock_ghz) -> list[dict]:
-    """Per thread-step counts (steps = ``y`` stores in the loop; one channel per thread)
-    and the unit bounds of each kernel at ``shape``."""
+    """Per channel-step counts (per loop iteration / steps / channels per thread, see
+    :func:`loop_geometry`) and the unit bounds at ``shape``."""
     b, length, d, _ = shape
     out = []
     for r in rows:
         c = r["counts"]
-        steps = max(c.get("stg", 1), 1)
-        per_step = {k: v / steps for k, v in c.items()}
-        row = {
-            "impl": r["impl"],
-            "kernel": r["kernel"][:40],
-            "ptxas": r["ptxas"],
-            "regs": r.get("regs", ""),
-            "spill B": r.get("spill", ""),
-            "steps/iter": steps,
-        }
-        for k in (
-            "total",
-            "mufu",
-            "fp32",
-            "int",
-            "conv",
-            "ldg/stg",
-            "lds/sts",
-            "shfl",
-            "uniform",
-            "other",
-        ):
-            row[k] = per_step.get(k, 0.0)
-        for k, v in bounds_ms(per_step, b * length * d, clock_ghz).items():
+        per_ch = {k: v / r["steps/iter"] / r["ch/thread"] for k, v in c.items()}
+        row = {k: r.get(k, "") for k in ("impl", "compiler", "regs", "ch/thread", "steps/iter")}
+        row.update({"kernel": r["kernel"][:32], "spill B": r.get("spill", "")})
+        row.update({k: per_ch.get(k, 0.0) for k in (*UNIT_COLUMNS, "ex2")})
+        for k, v in bounds_ms(per_ch, b * length * d, clock_ghz).items():
             row[f"{k} ms"] = v
         out.append(row)
     return out
@@ -359,10 +493,16 @@ def report(rows, shape, clock_ghz) -> list[dict]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impls", default="jla")
-    parser.add_argument("--shape", default="8,4096,4096,16", help="b,l,d,n")
+    parser.add_argument(
+        "--impls",
+        default="pallas,jla",
+        help="comma-separated: jla (GPU machine with its wheel), pallas or pallas:<options> "
+        "(any machine with the triton package)",
+    )
+    parser.add_argument("--shape", default="8,4096,4096,16", help="b,l,d,n (for the bounds)")
     parser.add_argument("--clock-ghz", type=float, default=1.755)
     parser.add_argument("--keep", default=None, help="folder for the loop bodies' SASS")
+    parser.add_argument("--grad", action="store_true", help="ours: the kernels of a gradient")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -375,15 +515,18 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for impl in args.impls.split(","):
-            found = analyse(impl, shape, work, args.keep)
+            try:
+                found = analyse(impl, shape, work, args.keep, args.grad and impl != "jla")
+            except Exception as e:  # one impl that cannot be read must not hide the others
+                print(f"{impl}: {type(e).__name__}: {str(e)[-400:]}", flush=True)
+                continue
             for r in found:
                 print(json.dumps(r), flush=True)
             rows += found
-    cols = ["impl", "kernel", "ptxas", "regs", "spill B", "steps/iter", "total", "mufu"]
-    cols += ["fp32", "int", "conv", "ldg/stg", "lds/sts", "shfl", "uniform", "other"]
-    cols += ["issue ms", "mufu ms", "fp32 ms", "int ms", "mem ms"]
+    cols = ["impl", "kernel", "compiler", "regs", "spill B", "ch/thread", "steps/iter"]
+    cols += [*UNIT_COLUMNS, "ex2", "issue ms", "mufu ms", "fp32 ms", "int ms", "mem ms"]
     print(
-        f"\nper thread-step instruction counts in the time loop; bounds at {shape}, "
+        f"\nper channel-step instruction counts in the time loop; bounds at {shape}, "
         f"{args.clock_ghz} GHz, 132 SMs"
     )
     print(table(report(rows, shape, args.clock_ghz), cols))

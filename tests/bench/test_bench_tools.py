@@ -94,3 +94,43 @@ def test_kernel_options_of_a_bench_row():
         "unroll": 8,
         "fast_math": True,
     }
+
+
+def test_loop_geometry_of_the_layouts():
+    from experiments.bench.sass import loop_geometry
+
+    fwd, bwd = "selective_scan_fwd_channel", "selective_scan_bwd_split"
+    assert loop_geometry("pallas", fwd, {}, 16) == (4, 1.0)  # defaults: 64 channels, 2 warps
+    assert loop_geometry("pallas", bwd, {}, 16) == (4, 0.5)  # split: 16 channels, 1 warp
+    assert loop_geometry("pallas:num_warps=1+unroll=8", fwd, {}, 16) == (8, 2.0)
+    assert loop_geometry("pallas:layout=split", "selective_scan_fwd_split", {}, 16) == (4, 0.5)
+    assert loop_geometry("pallas:bwd_layout=channel", "selective_scan_bwd_channel", {}, 16) == (
+        2,
+        1.0,
+    )
+    assert loop_geometry("jla", "mamba1_fwd", {"stg": 4}, 16) == (4, 1.0)
+    with pytest.raises(NotImplementedError, match="state layout"):
+        loop_geometry("pallas:layout=state", fwd, {}, 16)
+
+
+def test_triton_kernels_lowered_for_cuda_on_any_machine(monkeypatch):
+    """The forward's Triton IR comes out of a CUDA lowering without a GPU (nothing runs)."""
+    import jax
+    import jax.numpy as jnp
+
+    import pallas_kernels.selective_scan as kernel_module
+    from experiments.bench.sass import _triton_kernels
+
+    monkeypatch.setattr(kernel_module, "check_backend", lambda *a, **k: None)
+    b, length, d, n = 2, 16, 64, 16
+    args = {
+        "x": jax.ShapeDtypeStruct((b, length, d), jnp.bfloat16),
+        "dt": jax.ShapeDtypeStruct((b, length, d), jnp.bfloat16),
+        "A": jax.ShapeDtypeStruct((d, n), jnp.float32),
+        "B": jax.ShapeDtypeStruct((b, length, n), jnp.bfloat16),
+        "C": jax.ShapeDtypeStruct((b, length, n), jnp.bfloat16),
+    }
+    kernels = _triton_kernels(lambda a: kernel_module.selective_scan(**a), args)
+    assert len(kernels) == 1
+    ir_bytes, warps, stages = kernels[0]
+    assert ir_bytes.startswith(b"ML\xefR") and warps == 2 and stages >= 1  # MLIR bytecode
