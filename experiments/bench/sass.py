@@ -9,8 +9,8 @@ with its wheel) is compiled in a child process with its PTX dumped
 (``MOSAIC_GPU_DUMP_PTX``) and assembled with ``ptxas -v``. Each cubin is disassembled
 (``cuobjdump -sass``), the time loop (the innermost backward branch around most of the
 ``MUFU.EX2`` work) cut out and its instructions counted by unit, per channel and step
-(steps = ``y`` stores in the loop, one per thread and step; divided by the channels a
-thread holds: 2 threads per channel in the split layout). From those counts, lower bounds
+(:func:`loop_geometry`: steps per iteration and channels per thread, half a channel in the
+split layout). From those counts, lower bounds
 on the loop's time at ``--shape`` follow from the per-SM issue rates (the ``--clock-ghz``
 clock, 132 SMs): 4 warp-instructions/clk issued, MUFU 0.5, FP32 4, INT 2, memory (LSU) 1
 (Hopper SM: 4 schedulers, 16 MUFU, 128 FP32, 64 INT32, 32 load/store lanes).
