@@ -111,13 +111,8 @@ def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
             early = [bc_scalars_now(r, start + u, n, packed) for u in range(len(rows))]
         for u, row in enumerate(rows):
             t = start + u
-            if save and u % K == 0:
-                blk = block_index(start, K) + u // K
-                for k in range(n):
-                    if _ckpt_channel(cfg):
-                        ckpt_ref[blk, k, :] = h[k]
-                    else:
-                        ckpt_ref[blk, :, k] = h[k]
+            if save and not cfg.ckpt_late and u % K == 0:
+                store_ckpt(block_index(start, K) + (u + 1) // K, h)
             x, _, dt, dtx = _step_inputs(row, bias, cfg)
             if early is not None:
                 Bs, Cs = early[u]
@@ -132,9 +127,20 @@ def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
                 z = row["z"].astype(_F32)
                 y = y * (z * _sig(z, cfg))
             y_ref[t, :] = y.astype(y_ref.dtype)
+            if save and cfg.ckpt_late and (u + 1) % K == 0:  # the state entering t + 1
+                store_ckpt(block_index(start, K) + (u + 1) // K, h)
         return tuple(h)
 
+    def store_ckpt(blk, h):
+        for k in range(n):
+            if _ckpt_channel(cfg):
+                ckpt_ref[blk, k, :] = h[k]
+            else:
+                ckpt_ref[blk, :, k] = h[k]
+
     h = tuple(r["h0"][k, :].astype(_F32) for k in range(n))
+    if save and cfg.ckpt_late:
+        store_ckpt(0, h)
     h = blocked_loop(length, U, load, body, h)
     for k in range(n):
         hT_ref[k, :] = h[k]

@@ -162,7 +162,8 @@ def _run_fwd(cfg: _Config, p: _Inputs, save: bool):
     ]
     out_specs = [s["seq"], h_spec]
     if save:
-        n_ckpt = -(-length // cfg.ckpt_every)
+        # ckpt_late: the state after every ckpt_every steps, so one more (the last unused)
+        n_ckpt = -(-length // cfg.ckpt_every) + int(cfg.ckpt_late)
         bd = cfg.block_d
         if _ckpt_channel(cfg):
             out_shape.append(jax.ShapeDtypeStruct((b, n_ckpt, n, d), _F32))
@@ -417,6 +418,7 @@ def selective_scan(
     bwd_prefetch_bc: bool | None = None,
     fast_math: bool = True,
     bwd_butterfly: bool | None = None,
+    ckpt_late: bool = False,
 ):
     """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
 
@@ -499,6 +501,13 @@ def selective_scan(
         (``2 n - 1`` shuffles for ``n <= 16``, instead of ``5`` per partial) and store
         them with one vector store per 32 sums. Default: whenever the channel backward runs
         as one such warp (its default launch; 8.89 vs 9.83 ms forward+backward, H200).
+      ckpt_late: ``"channel"`` forward of a differentiated call: store each checkpoint
+        after the last step before it (the state entering the next block; plus ``h0`` before
+        the loop and one unused checkpoint at the end) instead of at the start of its
+        block. Same values; the compiled loop then keeps the plain forward's registers
+        (168 instead of 255 at (8, 4096, 4096, 16), counted by
+        ``experiments/bench/sass.py --grad``, so 12 instead of 8 warps per SM). Not yet timed
+        on a GPU, hence off by default.
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
         with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
         a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
@@ -625,7 +634,10 @@ def selective_scan(
             "selective_scan kernel: bwd_butterfly needs the channel backward with "
             "bwd_block_d=32 and one warp"
         )
+    if ckpt_late and layout != "channel":
+        raise NotImplementedError("selective_scan kernel: ckpt_late needs layout='channel'")
     cfg = _Config(
+        ckpt_late=bool(ckpt_late),
         fast_math=bool(fast_math),
         bwd_butterfly=bool(bwd_butterfly),
         bc_block=bool(bc_block),

@@ -89,6 +89,15 @@ LAYOUTS = {
         "bwd_prefetch_bc": True,
         "pack_bc": True,
     },
+    # Checkpoints stored after a block's last step (one extra, unused, at the end), into
+    # each backward's checkpoint layout: (n, d) for channel (split: BUTTERFLY), (d, n).
+    "chan-chan-late-bwd2": {
+        "layout": "channel",
+        "bwd_layout": "channel",
+        "bwd_unroll": 2,
+        "ckpt_late": True,
+    },
+    "chan-state-late": {"layout": "channel", "bwd_layout": "state", "ckpt_late": True},
 }
 
 
@@ -143,6 +152,8 @@ BUTTERFLY = {
     "channel": {"bwd_butterfly": True, "bwd_block_d": 32},
     "split": {"layout": "split", "bwd_layout": "split", "bwd_block_d": 16},
     "split-2warps-pack": {"layout": "split", "bwd_layout": "split", "bwd_block_d": 32},
+    # The default launch (channel forward, split backward) with late checkpoints.
+    "chan-split-late": {"layout": "channel", "bwd_layout": "split", "ckpt_late": True},
 }
 
 
@@ -162,6 +173,12 @@ def test_fast_math_and_butterfly_match_sequential(
     check_against_sequential(
         rng, args, full, {"fast_math": True, "unroll": unroll, **BUTTERFLY[layout]}
     )
+
+
+def test_ckpt_late_needs_the_channel_forward(rng):
+    args = make_inputs(rng, jnp.float32, 4, (1, 1), True, d=32)
+    with pytest.raises(NotImplementedError, match="ckpt_late"):
+        selective_scan_kernel(**args, interpret=True, layout="split", ckpt_late=True)
 
 
 def test_butterfly_needs_one_warp_of_32_channels(rng):
