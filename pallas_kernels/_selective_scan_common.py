@@ -190,13 +190,6 @@ def load_rows(r, start, count, cols, bc_now=None):
     return rows
 
 
-def _load_rows_channel(r, start, count, n: int, bc: bool, packed: bool = False):
-    """Channel layout: ``x``/``dt``/``z`` rows and (if ``bc``) ``B_t``/``C_t`` as ``n`` scalars."""
-    return load_rows(
-        r, start, count, slice(None), (lambda t: bc_scalars_now(r, t, n, packed)) if bc else None
-    )
-
-
 def bc_scalars_now(r, t, n: int, packed: bool):
     """Step ``t``'s ``B_t``, ``C_t`` as ``n`` scalars each, loaded now (``packed``: from
     ``n / 2`` uint32 words each, unpacked to fp32)."""

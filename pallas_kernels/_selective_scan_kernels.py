@@ -17,7 +17,6 @@ from pallas_kernels._selective_scan_common import (
     _exp2,
     _in_names,
     _load_rows,
-    _load_rows_channel,
     _packed,
     _sig,
     _split_refs,
@@ -66,14 +65,6 @@ def _fwd_kernel(*refs, cfg: _Config, length: int, save: bool):
     hT_ref[...] = h
 
 
-def _bc_scalars(r, row, t, n: int, prefetched: bool, packed: bool = False):
-    """Channel layout: step ``t``'s ``B_t``, ``C_t`` as ``n`` scalars each (from the
-    prefetched ``row`` or loaded now)."""
-    if prefetched:
-        return row["B"], row["C"]
-    return bc_scalars_now(r, t, n, packed)
-
-
 def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
     """Forward, channel layout: one ``(BD,)`` register vector per state index.
 
@@ -85,65 +76,89 @@ def _fwd_kernel_channel(*refs, cfg: _Config, length: int, save: bool, n: int):
     final state are ``(n, BD)`` blocks of ``(b, n, d)`` arrays (transposed outside). The
     checkpoints are ``(b, n_ckpt, n, d)`` for the channel-layout backward, or the
     ``(b, n_ckpt, d, n)`` of the state-layout backward (strided column stores, once per
-    block of ``unroll`` steps).
+    block of ``unroll`` steps). The body is :func:`fwd_body`.
+    """
+    r = _split_refs(refs, _in_names(cfg, backward=False))[0]
+    fwd_body(refs, cfg, length, save, _channel_lanes(cfg, r, n, masks=None))
+
+
+def _channel_lanes(cfg: _Config, r, n: int, masks) -> Lanes:
+    """One thread per channel (``slice(None)``), all ``n`` states in its slots."""
+    packed = _packed(cfg)
+    return Lanes(
+        cols=slice(None),
+        k_of=list(range(n)),
+        join=lambda v: v,
+        bc_now=lambda t: bc_scalars_now(r, t, n, packed),
+        masks=masks,
+        width=cfg.block_d,
+    )
+
+
+def fwd_body(refs, cfg: _Config, length: int, save: bool, lanes: Lanes):
+    """The forward of the ``"channel"`` and ``"split"`` layouts: each thread holds the
+    states ``lanes.k_of`` of channel(s) ``lanes.cols`` of the block as separate vectors;
+    ``y``'s per-thread partial sum over them is joined by ``lanes.join``.
+
+    Steps run in blocks of ``cfg.unroll`` with the next block's rows (and, with
+    ``prefetch_bc``, its ``B``/``C``) prefetched; ``bc_block`` loads a block's ``B``/``C``
+    before its first store (loads are not moved across stores to refs that may alias, so
+    inline loads would wait once per step). A differentiated call also stores the state
+    every ``cfg.ckpt_every`` steps: at the start of each checkpoint block, or with
+    ``ckpt_late`` after the step before it (``h0`` first; the last one unused).
     """
     r, outs = _split_refs(refs, _in_names(cfg, backward=False))
     y_ref, hT_ref = outs[0], outs[1]
     ckpt_ref = outs[2] if save else None
-    A2 = [r["A2"][k, :].astype(_F32) for k in range(n)]
-    D = r["D"][...].astype(_F32) if cfg.has_D else None
-    bias = r["bias"][...].astype(_F32) if cfg.has_bias else None
-    U = cfg.unroll
-
-    packed = _packed(cfg)
+    cols, k_of, m = lanes.cols, lanes.k_of, len(lanes.k_of)
+    A2 = [r["A2"][k, cols].astype(_F32) for k in k_of]
+    D = r["D"][cols].astype(_F32) if cfg.has_D else None
+    bias = r["bias"][cols].astype(_F32) if cfg.has_bias else None
+    K = cfg.ckpt_every
 
     def load(start, count):
-        return _load_rows_channel(r, start, count, n, cfg.prefetch_bc, packed)
+        return load_rows(r, start, count, cols, lanes.bc_now if cfg.prefetch_bc else None)
 
-    K = cfg.ckpt_every
+    def store_ckpt(blk, h):
+        for j, k in enumerate(k_of):
+            if _ckpt_channel(cfg):
+                ckpt_ref[blk, k, cols] = h[j]
+            else:
+                ckpt_ref[blk, cols, k] = h[j]
 
     def body(start, rows, h):
         h = list(h)
-        # bc_block: the block's B/C loads go before its first store (loads are not moved
-        # across stores to refs that may alias, so inline loads wait once per step).
         early = None
         if cfg.bc_block and not cfg.prefetch_bc:
-            early = [bc_scalars_now(r, start + u, n, packed) for u in range(len(rows))]
+            early = [lanes.bc_now(start + u) for u in range(len(rows))]
         for u, row in enumerate(rows):
             t = start + u
             if save and not cfg.ckpt_late and u % K == 0:
-                store_ckpt(block_index(start, K) + (u + 1) // K, h)
+                store_ckpt(block_index(start, K) + u // K, h)
             x, _, dt, dtx = _step_inputs(row, bias, cfg)
-            if early is not None:
-                Bs, Cs = early[u]
+            if cfg.prefetch_bc:
+                Bs, Cs = row["B"], row["C"]
             else:
-                Bs, Cs = _bc_scalars(r, row, t, n, cfg.prefetch_bc, packed)
-            for k in range(n):
-                h[k] = _exp2(dt * A2[k], cfg) * h[k] + dtx * Bs[k].astype(_F32)
-            y = _tree_sum(h[k] * Cs[k].astype(_F32) for k in range(n))
+                Bs, Cs = early[u] if early is not None else lanes.bc_now(t)
+            for j in range(m):
+                h[j] = _exp2(dt * A2[j], cfg) * h[j] + dtx * Bs[j].astype(_F32)
+            y = lanes.join(_tree_sum(h[j] * Cs[j].astype(_F32) for j in range(m)))
             if D is not None:
                 y = y + D * x
             if cfg.has_z:
                 z = row["z"].astype(_F32)
                 y = y * (z * _sig(z, cfg))
-            y_ref[t, :] = y.astype(y_ref.dtype)
+            y_ref[t, cols] = y.astype(y_ref.dtype)
             if save and cfg.ckpt_late and (u + 1) % K == 0:  # the state entering t + 1
                 store_ckpt(block_index(start, K) + (u + 1) // K, h)
         return tuple(h)
 
-    def store_ckpt(blk, h):
-        for k in range(n):
-            if _ckpt_channel(cfg):
-                ckpt_ref[blk, k, :] = h[k]
-            else:
-                ckpt_ref[blk, :, k] = h[k]
-
-    h = tuple(r["h0"][k, :].astype(_F32) for k in range(n))
+    h = tuple(r["h0"][k, cols].astype(_F32) for k in k_of)
     if save and cfg.ckpt_late:
         store_ckpt(0, h)
-    h = blocked_loop(length, U, load, body, h)
-    for k in range(n):
-        hT_ref[k, :] = h[k]
+    h = blocked_loop(length, cfg.unroll, load, body, h)
+    for j, k in enumerate(k_of):
+        hT_ref[k, cols] = h[j]
 
 
 # ----------------------------------------------------------------------------------------
@@ -248,16 +263,8 @@ def _bwd_kernel_channel(*refs, cfg: _Config, length: int, n: int):
     as scalars (or, with ``bwd_butterfly``, by one butterfly over the warp). ``ckpt``,
     ``dh``, ``dh0``, ``dA`` are in ``(n, d)`` order."""
     r = _split_refs(refs, _in_names(cfg, backward=True))[0]
-    packed = _packed(cfg)
-    lanes = Lanes(
-        cols=slice(None),
-        k_of=list(range(n)),
-        join=lambda v: v,
-        bc_now=lambda t: bc_scalars_now(r, t, n, packed),
-        masks=ALL_LANES if cfg.bwd_butterfly else None,
-        width=cfg.block_d,
-    )
-    bwd_body(refs, cfg, length, lanes)
+    masks = ALL_LANES if cfg.bwd_butterfly else None
+    bwd_body(refs, cfg, length, _channel_lanes(cfg, r, n, masks))
 
 
 def bwd_body(refs, cfg: _Config, length: int, lanes: Lanes):
