@@ -41,7 +41,7 @@ class _Config(NamedTuple):
     bwd_prefetch_bc: bool = False  # channel backward: prefetch the next block's B/C
     fast_math: bool = False  # MUFU approximations for exp2 / softplus / sigmoid
     bwd_butterfly: bool = False  # channel backward: dB/dC by a warp reduce-scatter
-    ckpt_late: bool = False  # channel forward: checkpoint after a block's last step
+    ckpt_late: bool = False  # channel/split forward: checkpoint after the step before it
 
 
 class _Inputs(NamedTuple):

@@ -402,7 +402,7 @@ def selective_scan(
     h0: jax.Array | None = None,
     return_final_state: bool = False,
     interpret: bool = False,
-    layout: str | None = None,
+    layout: str = "channel",
     block_d: int | None = None,
     unroll: int = 4,
     bwd_unroll: int | None = None,
@@ -501,13 +501,13 @@ def selective_scan(
         (``2 n - 1`` shuffles for ``n <= 16``, instead of ``5`` per partial) and store
         them with one vector store per 32 sums. Default: whenever the channel backward runs
         as one such warp (its default launch; 8.89 vs 9.83 ms forward+backward, H200).
-      ckpt_late: ``"channel"`` forward of a differentiated call: store each checkpoint
+      ckpt_late: ``"channel"``/``"split"`` forward of a differentiated call: store each checkpoint
         after the last step before it (the state entering the next block; plus ``h0`` before
         the loop and one unused checkpoint at the end) instead of at the start of its
-        block. Same values; the compiled loop then keeps the plain forward's registers
-        (168 instead of 255 at (8, 4096, 4096, 16), counted by
-        ``experiments/bench/sass.py --grad``, so 12 instead of 8 warps per SM). Not yet timed
-        on a GPU, hence off by default.
+        block. Same values; the compiled channel loop then keeps the plain forward's
+        registers (168 instead of 255 at (8, 4096, 4096, 16), counted by
+        ``experiments/bench/sass.py --grad`` with Triton 3.6 standing in for XLA's, so 12
+        instead of 8 warps per SM). Not yet timed on a GPU, hence off by default.
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
         with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
         a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
@@ -523,8 +523,9 @@ def selective_scan(
         before any work).
     """
     check_backend(interpret, "selective_scan")
-    for name, v in (("layout", layout), ("bwd_layout", bwd_layout)):
-        if v not in (None, "channel", "split", "state"):
+    layouts = ("channel", "split", "state")
+    for name, v, ok in (("layout", layout, layouts), ("bwd_layout", bwd_layout, (None, *layouts))):
+        if v not in ok:
             raise NotImplementedError(f"selective_scan kernel: {name}={v!r}")
     x, dt, A, B, C = (jnp.asarray(v) for v in (x, dt, A, B, C))
     b, length, d = x.shape
@@ -544,8 +545,6 @@ def selective_scan(
     if d % groups:
         raise NotImplementedError(f"selective_scan kernel: d={d} not divisible by g={groups}")
     state_default = max(16, min(32, 512 // n))
-    if layout is None:
-        layout = "channel"
     if bwd_layout is None:  # the split backward needs whole warps: 16 channels per block
         bwd_layout = "split" if n >= 4 and (d // groups) % 16 == 0 else "channel"
 
@@ -634,8 +633,10 @@ def selective_scan(
             "selective_scan kernel: bwd_butterfly needs the channel backward with "
             "bwd_block_d=32 and one warp"
         )
-    if ckpt_late and layout != "channel":
-        raise NotImplementedError("selective_scan kernel: ckpt_late needs layout='channel'")
+    if ckpt_late and layout not in CHANNEL_LAYOUTS:
+        raise NotImplementedError(
+            "selective_scan kernel: ckpt_late needs layout='channel' or 'split'"
+        )
     cfg = _Config(
         ckpt_late=bool(ckpt_late),
         fast_math=bool(fast_math),

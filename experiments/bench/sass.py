@@ -302,17 +302,20 @@ def _jla_cubins(impl: str, shape, dump: str) -> list:
     out = []
     for ptx in ptxs:
         cubin, log, version = assemble(ptx, dump)
-        out.append((cubin, _registers(log), f"ptxas {version}"))
+        out.append((cubin, _registers(log), f"ptxas {version}", None))
     return out
 
 
 def _triton_kernels(fn, *args) -> list:
-    """``(name, TTIR bytecode, num_warps, num_stages)`` of every Pallas-Triton kernel in
+    """``(TTIR bytecode, num_warps, num_stages, grid)`` of every Pallas-Triton kernel in
     ``fn(*args)``, lowered for CUDA (works on a machine without a GPU)."""
     import jax
 
     module = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).compiler_ir()
     found = []
+
+    def integer(attr) -> int:
+        return int(str(attr).split()[0])
 
     def walk(op):
         for region in op.regions:
@@ -320,16 +323,16 @@ def _triton_kernels(fn, *args) -> list:
                 for inner in block.operations:
                     attrs = inner.operation.attributes
                     if inner.operation.name == "stablehlo.custom_call":
-                        if "mhlo.backend_config" in attrs:
-                            config = attrs["mhlo.backend_config"]
-                            if "ir" in config:
-                                found.append(
-                                    (
-                                        config["ir"].value_bytes,
-                                        int(str(config["num_warps"]).split()[0]),
-                                        int(str(config["num_stages"]).split()[0]),
-                                    )
-                                )
+                        config = (
+                            attrs["mhlo.backend_config"] if "mhlo.backend_config" in attrs else {}
+                        )
+                        if "ir" in config:
+                            grid = tuple(integer(config[f"grid_{a}"]) for a in "xyz")
+                            warps, stages = (
+                                integer(config["num_warps"]),
+                                integer(config["num_stages"]),
+                            )
+                            found.append((config["ir"].value_bytes, warps, stages, grid))
                     walk(inner.operation)
 
     walk(module.operation)
@@ -369,7 +372,7 @@ def _pallas_cubins(impl: str, shape, dump: str, grad: bool = False) -> list:
     finally:
         kernel_module.check_backend = real_check
     out = []
-    for i, (data, warps, stages) in enumerate(kernels):
+    for i, (data, warps, stages, grid) in enumerate(kernels):
         ctx = ir.Context()
         dialect.register_dialect(ctx)
         with ctx:
@@ -385,7 +388,8 @@ def _pallas_cubins(impl: str, shape, dump: str, grad: bool = False) -> list:
         cubin = path.replace(".ttir", ".cubin")
         with open(cubin, "wb") as f:
             f.write(compiled.asm["cubin"])
-        out.append((cubin, _res_usage(cubin), f"triton {triton.__version__}"))
+        launch = {"block_d": d // grid[1], "warps": warps}  # grid (b, d / block_d)
+        out.append((cubin, _res_usage(cubin), f"triton {triton.__version__}", launch))
     return out
 
 
@@ -407,32 +411,31 @@ def _res_usage(cubin: str) -> dict:
     return {}
 
 
-def loop_geometry(impl: str, kernel: str, counts: dict, n: int) -> tuple[float, float]:
-    """``(steps per loop iteration, channels per thread)`` of a kernel's time loop: the
-    anchor's and our forward-only loops store one ``y`` per thread and step; our saving
-    forward and backward run ``unroll`` / ``bwd_unroll`` steps (the options' defaults as in
-    :func:`pallas_kernels.selective_scan.selective_scan`); a split layout has two threads
-    per channel."""
+def loop_geometry(impl: str, kernel: str, counts: dict, n: int, launch) -> tuple[float, float]:
+    """``(steps per loop iteration, channels per thread)`` of a kernel's time loop.
+
+    The anchor's loop stores one ``y`` per thread and step; our forward runs ``unroll``
+    steps per iteration and our backward ``bwd_unroll`` (the options, or
+    :func:`pallas_kernels.selective_scan.selective_scan`'s defaults for them; ptxas did not
+    unroll further in any kernel counted: the forward-only loops hold ``unroll`` ``y``
+    stores).
+    Channels per thread come from our launch (``block_d / (32 num_warps)``: 1/2 in the
+    split layout); the anchor runs one channel per thread."""
     if impl == "jla":
         return max(counts.get("stg", 1), 1), 1.0
     from experiments.bench.kernels import kernel_options
 
+    if kernel.endswith("_state"):
+        raise NotImplementedError(f"{impl}: the state layout spreads a channel's states")
     opts = kernel_options(impl.split(":", 1)[1]) if ":" in impl else {}
     unroll = opts.get("unroll", 4)
-    if "bwd" in kernel:
-        layout = opts.get("bwd_layout", "split" if n >= 4 else "channel")
-        split = layout == "split"
-        steps = opts.get("bwd_unroll", min(unroll, max(1, 64 // n)) if split else min(unroll, 2))
-        block_d = opts.get("bwd_block_d", 16 if split else 32)
-        warps = opts.get("bwd_num_warps", 2 * block_d // 32 if split else 1)
-    else:
-        layout = opts.get("layout", "channel")
+    if "bwd" not in kernel:
         steps = unroll
-        block_d = opts.get("block_d", 32 if layout == "split" else 64)
-        warps = opts.get("num_warps", 2 * block_d // 32 if layout == "split" else block_d // 32)
-    if layout not in ("channel", "split"):
-        raise NotImplementedError(f"{impl}: the state layout spreads a channel's states")
-    return steps, block_d / (32 * warps)  # split: 2 block_d threads, so 1/2
+    elif kernel.endswith("_split"):
+        steps = opts.get("bwd_unroll", min(unroll, max(1, 64 // n)))
+    else:
+        steps = opts.get("bwd_unroll", min(unroll, 2))
+    return steps, launch["block_d"] / (32 * launch["warps"])
 
 
 def analyse(impl: str, shape, work: str, keep: str | None, grad: bool = False) -> list[dict]:
@@ -445,7 +448,7 @@ def analyse(impl: str, shape, work: str, keep: str | None, grad: bool = False) -
     else:
         images = _pallas_cubins(impl, shape, dump, grad)
     rows = []
-    for cubin, regs, compiler in images:
+    for cubin, regs, compiler, launch in images:
         for fname, insns in parse_sass(disassemble(cubin)).items():
             body, n_ex2 = time_loop(insns)
             if body is None or n_ex2 < 4:
@@ -456,7 +459,7 @@ def analyse(impl: str, shape, work: str, keep: str | None, grad: bool = False) -
                 with open(os.path.join(keep, tag + ".sass"), "w") as f:
                     f.write("\n".join(f"/*{a:04x}*/ {t}" for a, t in body) + "\n")
             counts = dict(mix(body))
-            steps, per_thread = loop_geometry(impl, fname, counts, shape[3])
+            steps, per_thread = loop_geometry(impl, fname, counts, shape[3], launch)
             rows.append(
                 {
                     "impl": impl,

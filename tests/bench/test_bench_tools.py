@@ -100,17 +100,19 @@ def test_loop_geometry_of_the_layouts():
     from experiments.bench.sass import loop_geometry
 
     fwd, bwd = "selective_scan_fwd_channel", "selective_scan_bwd_split"
-    assert loop_geometry("pallas", fwd, {}, 16) == (4, 1.0)  # defaults: 64 channels, 2 warps
-    assert loop_geometry("pallas", bwd, {}, 16) == (4, 0.5)  # split: 16 channels, 1 warp
-    assert loop_geometry("pallas:num_warps=1+unroll=8", fwd, {}, 16) == (8, 2.0)
-    assert loop_geometry("pallas:layout=split", "selective_scan_fwd_split", {}, 16) == (4, 0.5)
-    assert loop_geometry("pallas:bwd_layout=channel", "selective_scan_bwd_channel", {}, 16) == (
-        2,
-        1.0,
-    )
-    assert loop_geometry("jla", "mamba1_fwd", {"stg": 4}, 16) == (4, 1.0)
+    two_warps, one_warp = {"block_d": 64, "warps": 2}, {"block_d": 64, "warps": 1}
+    assert loop_geometry("pallas", fwd, {}, 16, two_warps) == (4, 1.0)
+    assert loop_geometry("pallas", bwd, {}, 16, {"block_d": 16, "warps": 1}) == (4, 0.5)
+    assert loop_geometry("pallas:unroll=8", fwd, {}, 16, one_warp) == (8, 2.0)
+    assert loop_geometry("pallas:unroll=8", bwd, {}, 8, {"block_d": 16, "warps": 1}) == (8, 0.5)
+    split_fwd = "selective_scan_fwd_split"
+    split_launch = {"block_d": 32, "warps": 2}  # two threads per channel
+    assert loop_geometry("pallas:layout=split", split_fwd, {}, 16, split_launch) == (4, 0.5)
+    chan_bwd = "selective_scan_bwd_channel"
+    assert loop_geometry("pallas", chan_bwd, {}, 16, {"block_d": 32, "warps": 1}) == (2, 1.0)
+    assert loop_geometry("jla", "mamba1_fwd", {"stg": 4}, 16, None) == (4, 1.0)
     with pytest.raises(NotImplementedError, match="state layout"):
-        loop_geometry("pallas:layout=state", fwd, {}, 16)
+        loop_geometry("pallas:layout=state", "selective_scan_fwd_state", {}, 16, two_warps)
 
 
 def test_triton_kernels_lowered_for_cuda_on_any_machine(monkeypatch):
@@ -132,5 +134,6 @@ def test_triton_kernels_lowered_for_cuda_on_any_machine(monkeypatch):
     }
     kernels = _triton_kernels(lambda a: kernel_module.selective_scan(**a), args)
     assert len(kernels) == 1
-    ir_bytes, warps, stages = kernels[0]
+    ir_bytes, warps, stages, grid = kernels[0]
     assert ir_bytes.startswith(b"ML\xefR") and warps == 2 and stages >= 1  # MLIR bytecode
+    assert grid == (b, d // 64, 1)  # 64-channel blocks

@@ -152,8 +152,10 @@ BUTTERFLY = {
     "channel": {"bwd_butterfly": True, "bwd_block_d": 32},
     "split": {"layout": "split", "bwd_layout": "split", "bwd_block_d": 16},
     "split-2warps-pack": {"layout": "split", "bwd_layout": "split", "bwd_block_d": 32},
-    # The default launch (channel forward, split backward) with late checkpoints.
+    # The default launch (channel forward, split backward) with late checkpoints, and the
+    # split forward's.
     "chan-split-late": {"layout": "channel", "bwd_layout": "split", "ckpt_late": True},
+    "split-split-late": {"layout": "split", "bwd_layout": "split", "ckpt_late": True},
 }
 
 
@@ -175,10 +177,10 @@ def test_fast_math_and_butterfly_match_sequential(
     )
 
 
-def test_ckpt_late_needs_the_channel_forward(rng):
+def test_ckpt_late_needs_a_channel_forward(rng):
     args = make_inputs(rng, jnp.float32, 4, (1, 1), True, d=32)
     with pytest.raises(NotImplementedError, match="ckpt_late"):
-        selective_scan_kernel(**args, interpret=True, layout="split", ckpt_late=True)
+        selective_scan_kernel(**args, interpret=True, layout="state", ckpt_late=True)
 
 
 def test_butterfly_needs_one_warp_of_32_channels(rng):
