@@ -42,6 +42,8 @@ class _Config(NamedTuple):
     fast_math: bool = False  # MUFU approximations for exp2 / softplus / sigmoid
     bwd_butterfly: bool = False  # channel backward: dB/dC by a warp reduce-scatter
     ckpt_late: bool = False  # channel/split forward: checkpoint after the step before it
+    tile: int = 32  # mosaic forward: steps per TMA tile
+    stages: int = 3  # mosaic forward: tiles in flight
 
 
 class _Inputs(NamedTuple):
@@ -224,4 +226,5 @@ def unpack_bf16_pair(w):
 
 def _ckpt_channel(cfg: _Config) -> bool:
     """Whether the forward writes the checkpoints as ``(b, n_ckpt, n, d)`` (else ``d, n``)."""
-    return cfg.layout in CHANNEL_LAYOUTS and cfg.bwd_layout in CHANNEL_LAYOUTS
+    forward = cfg.layout in (*CHANNEL_LAYOUTS, "mosaic")
+    return forward and cfg.bwd_layout in CHANNEL_LAYOUTS

@@ -1,4 +1,5 @@
-"""Pallas-Triton fused Mamba-1 selective scan, forward and backward.
+"""Fused Mamba-1 selective scan, forward and backward: Pallas-Triton kernels, plus a Pallas
+Mosaic GPU forward on Hopper.
 
 Semantics are exactly those of ``ssmjax.ops.selective_scan`` (its ``"sequential"``
 reference): ``dt = softplus(dt + dt_bias)`` (both optional), ``h_t = exp(dt_t A) h_{t-1} +
@@ -35,6 +36,13 @@ Two register layouts (``layout=`` for the forward, ``bwd_layout=`` for the backw
   ``e // 2``, half ``e % 2``). Twice the warps to hide latency with half the registers per
   thread, at the price of repeating the per-channel work on both threads and one lane
   shuffle per sum over ``n`` (``y``; in the backward also ``adj . B`` and ``dA . A``).
+
+* ``"mosaic"`` -- the channel layout (one channel per thread, 128 channels per program =
+  one warpgroup) as a Pallas **Mosaic GPU** kernel: ``x``, ``dt``, ``z`` and ``B``/``C`` are
+  staged by TMA into shared memory ``mosaic_stages`` tiles of ``mosaic_tile`` steps ahead,
+  so nothing is prefetched through registers (:mod:`pallas_kernels._selective_scan_mosaic`).
+  Forward only (its checkpoints feed the ``"channel"``/``"split"`` Triton backward); compute
+  capability 9.0 GPUs. The default forward wherever it runs (``layout=None``).
 
 bf16 ``B``/``C`` with even ``n`` are passed to the channel kernels as ``uint32`` words of two
 values (``pack_bc``; a shift and a bitcast unpack them), which halves their scalar loads and
@@ -91,6 +99,9 @@ from pallas_kernels._selective_scan_kernels import (
     _fwd_kernel,
     _fwd_kernel_channel,
 )
+from pallas_kernels._selective_scan_mosaic import BLOCK_D as MOSAIC_BLOCK_D
+from pallas_kernels._selective_scan_mosaic import run_fwd_mosaic
+from pallas_kernels._selective_scan_mosaic import supported as mosaic_supported
 from pallas_kernels._selective_scan_split import (
     SPLIT_MASKS,
     _bwd_kernel_split,
@@ -140,6 +151,8 @@ def _common_inputs(cfg: _Config, p: _Inputs, s, channel: bool = False):
 
 
 def _run_fwd(cfg: _Config, p: _Inputs, save: bool):
+    if cfg.layout == "mosaic":
+        return run_fwd_mosaic(cfg, p, save)
     b, length, d = p.x.shape
     n = p.A.shape[1]
     s = _spec_fns(cfg, d, length, n)
@@ -402,7 +415,7 @@ def selective_scan(
     h0: jax.Array | None = None,
     return_final_state: bool = False,
     interpret: bool = False,
-    layout: str = "channel",
+    layout: str | None = None,
     block_d: int | None = None,
     unroll: int = 4,
     bwd_unroll: int | None = None,
@@ -419,17 +432,21 @@ def selective_scan(
     fast_math: bool = True,
     bwd_butterfly: bool | None = None,
     ckpt_late: bool = False,
+    mosaic_tile: int = 32,
+    mosaic_stages: int = 3,
 ):
-    """Mamba-1 selective scan by a fused Pallas-Triton kernel (differentiable).
+    """Mamba-1 selective scan by fused Pallas kernels (differentiable).
 
-    Defaults (``layout="channel"``, 64 channels on 2 warps per forward program,
-    ``unroll=4``; for ``n >= 4`` ``bwd_layout="split"``, 16 channels on 1 warp per backward
-    program, ``bwd_unroll=4`` at ``n = 16``; ``fast_math``; bf16 ``B``/``C`` packed in
-    pairs and prefetched a block ahead in the forward) are the fastest measured at
-    (8, 4096, 4096, 16) bf16 (``experiments/bench/kernels.py``, BENCHMARKS.md: on the H100
-    1.61-1.69 ms forward and 7.7-8.0 ms forward+backward, against 1.77-1.95 / 7.8-8.3 ms
-    with the ``"split"`` forward in the same runs; on an H200 the two forwards were
-    within 5%). For ``n < 4`` the backward is ``"channel"`` too.
+    Defaults: the forward is the Mosaic GPU kernel (``layout="mosaic"``, 128 channels per
+    warpgroup, 32-step tiles staged 3 deep by TMA) on compute capability 9.0 GPUs where it
+    runs (``d / g`` a multiple of 128, ``n >= 4``, no Triton launch options given), else
+    the Triton ``"channel"`` kernel (64 channels on 2 warps per program, ``unroll=4``, bf16
+    ``B``/``C`` packed in pairs and prefetched a block ahead); for ``n >= 4`` the backward is
+    ``bwd_layout="split"``, 16 channels on 1 warp per program, ``bwd_unroll=4`` at ``n =
+    16``; ``fast_math``. At (8, 4096, 4096, 16) bf16 with z, D, dt_bias and softplus
+    (``experiments/bench/kernels.py``, BENCHMARKS.md, H100): the Mosaic forward 1.115 ms
+    against 1.797 ms for the Triton channel forward, forward+backward 7.45 against 8.35
+    ms (same run). For ``n < 4`` the backward is ``"channel"`` too.
 
     Args:
       x, dt, z: ``(b, l, d)``, float32 or bfloat16 (``z`` optional).
@@ -440,11 +457,16 @@ def selective_scan(
       h0: initial state ``(b, d, n)``; zeros when ``None``.
       return_final_state: also return the final state ``(b, d, n)`` (float32).
       interpret: run in the Pallas interpreter (CPU tests).
-      layout: register layout of the *forward* kernel. ``"channel"``: each
+      layout: the *forward* kernel; ``None`` (default): ``"mosaic"`` where it runs (see
+        above), else ``"channel"``. ``"mosaic"``: the Pallas Mosaic GPU kernel, one channel
+        per thread of a 128-thread warpgroup, inputs staged in shared memory by TMA
+        (compute capability 9.0; ``d / g`` a multiple of 128, ``n >= 4``, ``mosaic_tile``
+        a multiple of ``unroll`` and ``bwd_unroll``; a backward ``bwd_layout`` of
+        ``"channel"`` or ``"split"``). ``"channel"``: each
         program holds its ``BD`` channels as 1-D vectors and the ``n`` states as ``n``
         separate ``(BD,)`` vectors (one channel per thread when ``num_warps = BD / 32``),
         ``B_t``/``C_t`` loaded as scalars, no reduction over ``n`` across threads.
-        Default. ``"split"``: the channel layout on twice the threads, two per channel
+        ``"split"``: the channel layout on twice the threads, two per channel
         with ``n / 2`` states each (their partial ``y`` summed by one lane shuffle;
         ``2 BD / 32`` warps; within 5% of ``"channel"`` on an H200, 9-13% slower on the
         H100). ``"state"``: the original ``(BD, n)`` 2-D state block.
@@ -506,8 +528,12 @@ def selective_scan(
         the loop and one unused checkpoint at the end) instead of at the start of its
         block. Same values; the compiled channel loop then keeps the plain forward's
         registers (168 instead of 255 at (8, 4096, 4096, 16), counted by
-        ``experiments/bench/sass.py --grad`` with Triton 3.6 standing in for XLA's, so 12
-        instead of 8 warps per SM). Not yet timed on a GPU, hence off by default.
+        ``experiments/bench/sass.py --grad`` with Triton 3.6 standing in for XLA's). Off
+        by default: on the H100 it measured 8.34 vs 8.09 ms forward+backward (the kernel
+        benchmark) but 16.83 vs 17.56 ms per Mamba training step, i.e. no clear gain.
+      mosaic_tile, mosaic_stages: ``"mosaic"`` forward: steps per TMA tile and tiles in
+        flight (shared memory ``stages * tile * (128 * (bytes of x, dt, z) + 8 n)``;
+        at most 227 KiB). 16/4 and 32/2 measured within 3% of the default 32/3 (H200).
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
         with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
         a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
@@ -523,8 +549,16 @@ def selective_scan(
         before any work).
     """
     check_backend(interpret, "selective_scan")
+    # Automatic forward: the Mosaic GPU kernel where it runs (checked once the call's
+    # config is known, below) unless Triton launch options were given; else "channel".
+    auto = layout is None
+    auto_mosaic = auto and not interpret and block_d is None and num_warps is None
+    auto_mosaic = auto_mosaic and not (ckpt_late or bc_block or prefetch_bc is not None)
+    layout = "channel" if auto else layout
     layouts = ("channel", "split", "state")
-    for name, v, ok in (("layout", layout, layouts), ("bwd_layout", bwd_layout, (None, *layouts))):
+    fwd_layouts = (*layouts, "mosaic")
+    checks = (("layout", layout, fwd_layouts), ("bwd_layout", bwd_layout, (None, *layouts)))
+    for name, v, ok in checks:
         if v not in ok:
             raise NotImplementedError(f"selective_scan kernel: {name}={v!r}")
     x, dt, A, B, C = (jnp.asarray(v) for v in (x, dt, A, B, C))
@@ -560,9 +594,18 @@ def selective_scan(
 
     channel = layout in CHANNEL_LAYOUTS
     split = layout == "split"
+    mosaic = layout == "mosaic"
     if split and n < 4:
         raise NotImplementedError(f"selective_scan kernel: layout='split' needs n >= 4 (n={n})")
-    bd = resolve_bd(block_d, (32 if split else 64) if channel else state_default, "block_d")
+    if mosaic:
+        if block_d not in (None, MOSAIC_BLOCK_D) or num_warps not in (None, 4):
+            raise NotImplementedError(
+                f"selective_scan kernel: layout='mosaic' runs {MOSAIC_BLOCK_D} channels on "
+                "one warpgroup (block_d=128, num_warps=4)"
+            )
+        bd = MOSAIC_BLOCK_D
+    else:
+        bd = resolve_bd(block_d, (32 if split else 64) if channel else state_default, "block_d")
     bwd_split = bwd_layout == "split"
     if bwd_split and n < 4:
         raise NotImplementedError(f"selective_scan kernel: bwd_layout='split' needs n >= 4 (n={n})")
@@ -586,7 +629,7 @@ def selective_scan(
         raise NotImplementedError("selective_scan kernel: more than 2**31 elements")
     state_warps = lambda block: max(1, min(8, block * n // 128))
     chan_warps = lambda block: max(1, min(8, block // 32))
-    fwd_warps = num_warps or (chan_warps(bd) if channel else state_warps(bd))
+    fwd_warps = num_warps or (chan_warps(bd) if channel or mosaic else state_warps(bd))
     if split:  # one thread per vector element: the y shuffle pairs threads e, e ^ 1
         if num_warps not in (None, 2 * bd // WARP) or (2 * bd < WARP and not interpret):
             raise NotImplementedError(
@@ -639,6 +682,8 @@ def selective_scan(
         )
     cfg = _Config(
         ckpt_late=bool(ckpt_late),
+        tile=mosaic_tile,
+        stages=mosaic_stages,
         fast_math=bool(fast_math),
         bwd_butterfly=bool(bwd_butterfly),
         bc_block=bool(bc_block),
@@ -674,6 +719,12 @@ def selective_scan(
         dt_bias=None if dt_bias is None else jnp.asarray(dt_bias),
         h0=h0.astype(_F32),
     )
+    if auto_mosaic and mosaic_supported(cfg._replace(layout="mosaic"), p) is None:
+        cfg = cfg._replace(layout="mosaic", block_d=MOSAIC_BLOCK_D, num_warps=4)
+    elif mosaic:
+        why = mosaic_supported(cfg, p)
+        if why:
+            raise NotImplementedError(f"selective_scan kernel: layout='mosaic': {why}")
     y, h_last = _scan(cfg, p)
     if return_final_state:
         return y, h_last
