@@ -14,14 +14,14 @@ then -- after a warpgroup barrier that also orders our shared-memory reads befor
 asynchronous copy -- refill the tile's slot with tile ``+ stages``.
 
 ``interpret=True`` runs the same program in the Pallas interpreter with the TMA copies,
-barrier waits and register layouts replaced by plain reads and writes (:class:`_Ops`), so
-the tile bookkeeping (slots, refills, checkpoints, padding) is tested on a CPU; the Mosaic
-lowering itself is tested by lowering for CUDA, and its numbers by the GPU benchmark.
+barrier waits and register layouts replaced by plain reads and writes
+(:class:`pallas_kernels._mosaic_common.Ops`), so the tile bookkeeping (slots, refills,
+checkpoints, padding) is tested on a CPU; the Mosaic lowering itself is tested by lowering
+for CUDA, and its numbers by the GPU benchmark.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -29,52 +29,11 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-try:  # Mosaic GPU Pallas: part of every JAX this library supports, but optional here
-    from jax.experimental.pallas import mosaic_gpu as plgpu
-except ImportError:  # pragma: no cover - then layout="mosaic" is reported unsupported
-    plgpu = None
-
+from pallas_kernels._mosaic_common import BLOCK_D, SMEM_BYTES, Ops, launch, on_hopper, plgpu
 from pallas_kernels._selective_scan_common import _F32, _Config, _Inputs
 
-BLOCK_D = 128  # channels per program: one per thread of a warpgroup
-SMEM_BYTES = 227 * 1024  # shared memory one H100 block may use
 _LOG2E = math.log2(math.e)
 _LN2 = math.log(2.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Ops:
-    """The few operations that differ between the Mosaic GPU kernel and its interpretation."""
-
-    interpret: bool
-
-    def program_ids(self):
-        """(channel block, batch row) of this program."""
-        if self.interpret:
-            return pl.program_id(0), pl.program_id(1)
-        return lax.axis_index("d"), lax.axis_index("b")
-
-    def vec(self, ref):
-        """A ``(BLOCK_D,)`` ref (HBM or shared) -> registers, one element per thread."""
-        if self.interpret:
-            return ref[...]
-        layout = plgpu.Layout.WG_STRIDED((BLOCK_D,), vec_size=1)
-        return plgpu.load(ref, (), layout=layout, optimized=False)
-
-    def stage(self, src, dst, bar):
-        if self.interpret:
-            dst[...] = src[...]
-        else:
-            plgpu.copy_gmem_to_smem(src, dst, bar)
-
-    def wait(self, bar):
-        if not self.interpret:
-            plgpu.barrier_wait(bar)
-
-    def release(self):
-        """All threads are done reading shared memory before the next copy into it."""
-        if not self.interpret:
-            plgpu.commit_smem()
 
 
 def _softplus(v):
@@ -101,7 +60,7 @@ def _names(cfg: _Config, save: bool):
     return ins, outs
 
 
-def _kernel(*refs, cfg: _Config, ops: _Ops, length: int, n: int, n_tiles: int, save: bool):
+def _kernel(*refs, cfg: _Config, ops: Ops, length: int, n: int, n_tiles: int, save: bool):
     ins, outs = _names(cfg, save)
     seq_names = ["x", "dt"] + (["z"] if cfg.has_z else [])
     n_arrays = len(ins) + len(outs)
@@ -186,16 +145,6 @@ def _kernel(*refs, cfg: _Config, ops: _Ops, length: int, n: int, n_tiles: int, s
         r["hT"][b, k, cols] = h[k]
 
 
-def on_hopper() -> bool:
-    """Whether the default device is a compute capability 9.0 GPU (H100/H200), the only
-    one the kernel was run on."""
-    try:
-        dev = jax.devices()[0]
-    except RuntimeError:
-        return False
-    return dev.platform == "gpu" and getattr(dev, "compute_capability", "") == "9.0"
-
-
 def smem_bytes(cfg: _Config, p: _Inputs) -> int:
     """Shared memory of the staged tiles."""
     seq = [p.x, p.dt] + ([p.z] if p.z is not None else [])
@@ -253,7 +202,7 @@ def run_fwd_mosaic(cfg: _Config, p: _Inputs, save: bool):
         "D": None if p.D is None else p.D.astype(_F32),
         "bias": None if p.dt_bias is None else p.dt_bias.astype(_F32),
     }
-    ins, outs = _names(cfg, save)
+    ins, _ = _names(cfg, save)
     padded = n_tiles * cfg.tile
     out_shape = [
         jax.ShapeDtypeStruct((b, padded, d), p.x.dtype),
@@ -268,37 +217,20 @@ def run_fwd_mosaic(cfg: _Config, p: _Inputs, save: bool):
     scratch += [plgpu.SMEM((*staged, n), _F32) for _ in ("B", "C")]
     if not cfg.interpret:
         scratch.append(plgpu.Barrier(num_arrivals=len(seq_names) + 2, num_barriers=cfg.stages))
-    ops = _Ops(cfg.interpret)
+    ops = Ops(cfg.interpret)
     kernel = lambda *refs: _kernel(
         *refs, cfg=cfg, ops=ops, length=length, n=n, n_tiles=n_tiles, save=save
     )
-    grid = (d // BLOCK_D, b)
-    if cfg.interpret:  # plgpu.kernel's grid axes are not bound in the interpreter
-        any_spec = pl.BlockSpec(memory_space=plgpu.GMEM)
-        call = pl.pallas_call(
-            kernel,
-            out_shape=out_shape,
-            grid=grid,
-            in_specs=[any_spec] * len(ins),
-            out_specs=[any_spec] * len(outs),
-            scratch_shapes=scratch,
-            interpret=True,
-            name="selective_scan_fwd_mosaic",
-        )
-    else:
-        # No automatic barriers: each thread reads only its own channel's column of the
-        # tiles; the one cross-thread hazard, refilling a slot, is fenced by ops.release.
-        call = plgpu.kernel(
-            kernel,
-            out_type=tuple(out_shape),
-            scratch_types=scratch,
-            grid=grid,
-            grid_names=("d", "b"),
-            compiler_params=plgpu.CompilerParams(
-                approx_math=cfg.fast_math, unsafe_no_auto_barriers=True
-            ),
-            kernel_name="selective_scan_fwd_mosaic",
-        )
+    call = launch(
+        kernel,
+        out_shape=out_shape,
+        scratch=scratch,
+        n_in=len(ins),
+        grid=(d // BLOCK_D, b),
+        interpret=cfg.interpret,
+        name="selective_scan_fwd_mosaic",
+        approx_math=cfg.fast_math,
+    )
     res = list(call(*(arrays[k] for k in ins)))
     if pad:
         res[0] = res[0][:, :length]

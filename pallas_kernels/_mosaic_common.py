@@ -1,0 +1,102 @@
+"""What the Pallas Mosaic GPU kernels share: the device check, the program geometry and
+:class:`Ops`, the few operations that differ between a compiled Mosaic GPU kernel and its
+run in the Pallas interpreter (CPU tests).
+
+The compiled kernels are launched by ``plgpu.kernel`` (grid axes named ``"d"`` and
+``"b"``); interpreted, the same body runs under ``pl.pallas_call`` with the grid
+``(d / BLOCK_D, batch)``, TMA copies become plain copies and barrier waits vanish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from jax import lax
+from jax.experimental import pallas as pl
+
+try:  # Mosaic GPU Pallas: part of every JAX this library supports, but optional here
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+except ImportError:  # pragma: no cover - then the Mosaic kernels report themselves unsupported
+    plgpu = None
+
+BLOCK_D = 128  # channels per program: one per thread of a warpgroup
+SMEM_BYTES = 227 * 1024  # shared memory one H100 block may use
+
+
+def on_hopper() -> bool:
+    """Whether the default device is a compute capability 9.0 GPU (H100/H200), the only
+    one the Mosaic kernels were run on."""
+    try:
+        dev = jax.devices()[0]
+    except RuntimeError:
+        return False
+    return dev.platform == "gpu" and getattr(dev, "compute_capability", "") == "9.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class Ops:
+    """The few operations that differ between the Mosaic GPU kernel and its interpretation."""
+
+    interpret: bool
+
+    def program_ids(self):
+        """(channel block, batch row) of this program."""
+        if self.interpret:
+            return pl.program_id(0), pl.program_id(1)
+        return lax.axis_index("d"), lax.axis_index("b")
+
+    def vec(self, ref):
+        """A ``(BLOCK_D,)`` ref (HBM or shared) -> registers, one element per thread."""
+        if self.interpret:
+            return ref[...]
+        layout = plgpu.Layout.WG_STRIDED((BLOCK_D,), vec_size=1)
+        return plgpu.load(ref, (), layout=layout, optimized=False)
+
+    def stage(self, src, dst, bar):
+        """Copy ``src`` (HBM) into ``dst`` (shared memory), arriving on ``bar``."""
+        if self.interpret:
+            dst[...] = src[...]
+        else:
+            plgpu.copy_gmem_to_smem(src, dst, bar)
+
+    def wait(self, bar):
+        if not self.interpret:
+            plgpu.barrier_wait(bar)
+
+    def release(self):
+        """All threads are done reading shared memory before the next copy into it (a
+        warpgroup barrier and a proxy fence)."""
+        if not self.interpret:
+            plgpu.commit_smem()
+
+
+def launch(
+    kernel, *, out_shape, scratch, n_in: int, grid, interpret: bool, name: str, approx_math=True
+):
+    """``kernel(*in_refs, *out_refs, *scratch_refs)`` as a Mosaic GPU kernel over ``grid``
+    = ``(d / BLOCK_D, batch)``, every operand in HBM; or, with ``interpret``, the same body
+    under the Pallas interpreter. Compiled, ``scratch`` must end with the TMA barriers."""
+    if interpret:  # plgpu.kernel's grid axes are not bound in the interpreter
+        any_spec = pl.BlockSpec(memory_space=plgpu.GMEM)
+        return pl.pallas_call(
+            kernel,
+            out_shape=out_shape,
+            grid=grid,
+            in_specs=[any_spec] * n_in,
+            out_specs=[any_spec] * len(out_shape),
+            scratch_shapes=scratch,
+            interpret=True,
+            name=name,
+        )
+    # No automatic barriers: each thread reads only its own channel's column of the tiles;
+    # the one cross-thread hazard, refilling a slot, is fenced by Ops.release.
+    return plgpu.kernel(
+        kernel,
+        out_type=tuple(out_shape),
+        scratch_types=scratch,
+        grid=grid,
+        grid_names=("d", "b"),
+        compiler_params=plgpu.CompilerParams(approx_math=approx_math, unsafe_no_auto_barriers=True),
+        kernel_name=name,
+    )
