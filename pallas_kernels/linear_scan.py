@@ -1,4 +1,5 @@
-"""Pallas-Triton kernel for the diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t``.
+"""Pallas kernels for the diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t``: Triton,
+and opt-in Mosaic GPU ones on Hopper.
 
 Design (one kernel forward, one fused kernel backward):
 
@@ -40,6 +41,10 @@ Design (one kernel forward, one fused kernel backward):
   step), with ``da``, ``dh0`` elementwise in XLA. ``a`` and ``b`` are read twice, so the
   single pass wins whenever its grid fills the GPU.
 * bf16 I/O: ``a`` and ``b`` may be bf16; ``h`` is then written in bf16, the carry is fp32.
+* ``layout="mosaic"`` (opt-in, Hopper): the single-pass forward and backward as Pallas Mosaic
+  GPU kernels with the sequences staged by TMA into shared memory
+  (:mod:`pallas_kernels._linear_scan_mosaic`), for the latency limit of the Triton kernels
+  (forward 1.75x its HBM floor). Same semantics and tests; not yet timed.
 
 The reference this is tested against is ``ssmjax.ops.linear_recurrence(...,
 implementation="sequential")``.
@@ -60,6 +65,9 @@ from pallas_kernels._linear_scan_kernels import (
     _fwd_kernel,
     _mul_conj,
 )
+from pallas_kernels._linear_scan_mosaic import BLOCK_D as MOSAIC_BLOCK_D
+from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_fwd_mosaic
+from pallas_kernels._linear_scan_mosaic import supported as mosaic_supported
 
 __all__ = ["default_chunks", "linear_scan", "linear_scan_planes"]
 
@@ -75,6 +83,7 @@ class _Config(NamedTuple):
     reverse: bool
     interpret: bool
     chunks: int = 1  # > 1: the L-parallel two-pass scan with this many time chunks
+    layout: str = "channel"  # "mosaic": the Mosaic GPU kernels (single pass)
 
 
 def _default_block_d(batch: int, d: int) -> int:
@@ -137,6 +146,8 @@ def _a_kind(a) -> str:
 
 def _run_fwd(cfg: _Config, ap, bp, h0p):
     """``h`` planes of the single-pass forward (all arguments are tuples of planes)."""
+    if cfg.layout == "mosaic":
+        return run_fwd_mosaic(cfg, ap, bp, h0p)
     batch, length, d = bp[0].shape
     n = len(bp)
     kernel = functools.partial(
@@ -165,6 +176,8 @@ def _run_bwd(cfg: _Config, ap, hp, dhp, h0p, b_dtype):
     """Returns the planes ``(db, da, dh0)``; ``da`` is ``(batch, l, d)`` in ``a``'s dtype for
     a time-varying ``a``, and the per-sequence sum ``(batch, d)`` in fp32 for a
     time-invariant one (the caller reduces it over the batch when ``a`` is shared)."""
+    if cfg.layout == "mosaic":
+        return run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype)
     batch, length, d = hp[0].shape
     n = len(hp)
     lti = ap[0].ndim == 2
@@ -422,6 +435,7 @@ def _run_planes(
     num_warps: int | None,
     num_stages: int,
     chunks: int | None,
+    layout: str = "channel",
 ) -> tuple:
     """Validates, flattens and pads the planes, runs the kernel; returns the ``h`` planes
     in ``b``'s shape. ``ap``/``bp``/``h0p`` are tuples of 1 (real) or 2 (complex) planes."""
@@ -455,7 +469,16 @@ def _run_planes(
             raise ValueError(f"h0 must have shape {(batch, *state_shape)}; got {x.shape}")
     h0p = _each(lambda x: x.astype(_F32), h0p)
 
-    bd = block_d or _default_block_d(batch, d)
+    if layout not in ("channel", "mosaic"):
+        raise NotImplementedError(f"linear_scan: layout={layout!r}")
+    mosaic = layout == "mosaic"
+    if mosaic:
+        unroll = unroll or 8
+        chunks = 1 if chunks is None else chunks
+        why = mosaic_supported(d, unroll, chunks, interpret)
+        if why:
+            raise NotImplementedError(f"linear_scan: layout='mosaic': {why}")
+    bd = MOSAIC_BLOCK_D if mosaic else (block_d or _default_block_d(batch, d))
     if unroll is None:
         unroll = 16 if n == 2 else 32
     if not is_pow2(bd) or not is_pow2(unroll):
@@ -472,6 +495,7 @@ def _run_planes(
         num_stages=num_stages,
         reverse=bool(reverse),
         interpret=bool(interpret),
+        layout=layout,
     )
     d_pad = -(-d // bd) * bd
 
@@ -505,6 +529,7 @@ def linear_scan(
     num_warps: int | None = None,
     num_stages: int = 1,
     chunks: int | None = None,
+    layout: str = "channel",
 ):
     """``h_t = a_t * h_{t-1} + b_t`` along axis 1 by a Pallas-Triton kernel (differentiable).
 
@@ -535,6 +560,14 @@ def linear_scan(
         chunk rescanned from its true start; ``a`` and ``b`` are read twice). For few
         programs (small ``batch * d``, e.g. inference prefill). Must divide ``l``; 1 is
         the single-pass kernel. Default: :func:`default_chunks`.
+      layout: ``"channel"`` (default): the Pallas-Triton kernels above. ``"mosaic"``: Pallas
+        Mosaic GPU kernels, one channel per thread of a 128-thread warpgroup, the sequences
+        staged by TMA into shared memory 32-step tiles ahead
+        (:mod:`pallas_kernels._linear_scan_mosaic`); compute capability 9.0 GPUs, a
+        flattened state size that is a multiple of 128, single pass (``chunks`` 1),
+        ``unroll`` (default 8 here) dividing 32; ``block_d``/``num_warps``/``num_stages``
+        do not apply. Tested in interpret mode and by its CUDA lowering, not yet timed on
+        a GPU, so opt-in.
 
     Returns:
       ``h`` of shape ``b.shape`` in ``b``'s dtype (fp32 carry for bf16 inputs); with
@@ -566,6 +599,7 @@ def linear_scan(
         num_warps=num_warps,
         num_stages=num_stages,
         chunks=chunks,
+        layout=layout,
     )
     h = _unplanes(hp)
     if return_final_state:
@@ -586,6 +620,7 @@ def linear_scan_planes(
     num_warps: int | None = None,
     num_stages: int = 1,
     chunks: int | None = None,
+    layout: str = "channel",
 ):
     """The complex recurrence of :func:`linear_scan` on real and imaginary planes.
 
@@ -599,7 +634,7 @@ def linear_scan_planes(
       b: ``(b_re, b_im)``, float32 or bfloat16, each ``(batch, l, *s)``.
       h0: optional ``(h0_re, h0_im)``, each ``(batch, *s)``; zeros when ``None``.
       reverse, interpret, return_final_state, block_d, unroll, num_warps, num_stages,
-        chunks: as in :func:`linear_scan`.
+        chunks, layout: as in :func:`linear_scan`.
 
     Returns:
       ``(h_re, h_im)``, each of ``b_re``'s shape and dtype; with ``return_final_state``,
@@ -634,6 +669,7 @@ def linear_scan_planes(
         num_warps=num_warps,
         num_stages=num_stages,
         chunks=chunks,
+        layout=layout,
     )
     if return_final_state:
         i = 0 if reverse else -1

@@ -26,6 +26,7 @@ gradient vs the reference); ``--sweep`` times kernel configurations.
 """
 
 import argparse
+import functools
 import itertools
 import sys
 import time
@@ -128,7 +129,9 @@ def scan_fns(impl, reverse=False, **kw):
     return fwd, grad
 
 
-def bench_scan(shape, dtype, hbm_tbps, repeats, lti=False):
+def bench_scan(
+    shape, dtype, hbm_tbps, repeats, lti=False, impls=("pallas", "associative", "chunked")
+):
     a, b, ct = scan_inputs(shape, dtype)
     item = jnp.dtype(b.dtype).itemsize
     size = int(np.prod(shape))
@@ -141,8 +144,11 @@ def bench_scan(shape, dtype, hbm_tbps, repeats, lti=False):
     # The reference gradient with real cotangents (sum(real(h * ct))) as in the loss.
     g_ref = ref_grad(a, b, ct)
     rows = []
-    for impl in ("pallas", "associative", "chunked"):
-        fwd, grad = scan_fns(impl)
+    for impl in impls:
+        if impl.startswith("pallas:"):  # the kernel called directly with options
+            fwd, grad = scan_fns("pallas-kernel", **kernel_options(impl.split(":", 1)[1]))
+        else:
+            fwd, grad = scan_fns(impl)
         try:
             h = fwd(a, b)
             g = grad(a, b, ct)
@@ -154,7 +160,11 @@ def bench_scan(shape, dtype, hbm_tbps, repeats, lti=False):
         floors = (fwd_bytes, bwd_bytes, hbm_tbps)
         rows.append(_scan_row(impl, t_f, t_b, floors, rel_err(h, h_ref), tree_err(g, g_ref)))
     if jnp.iscomplexobj(b):
-        rows.append(bench_scan_planes(a, b, ct, fwd_bytes, bwd_bytes, hbm_tbps, repeats))
+        for impl in impls:
+            if impl == "pallas" or impl.startswith("pallas:"):
+                kw = kernel_options(impl.split(":", 1)[1]) if ":" in impl else {}
+                floors = (fwd_bytes, bwd_bytes, hbm_tbps)
+                rows.append(bench_scan_planes(a, b, ct, floors, repeats, impl, kw))
     base = {r["impl"]: r for r in rows if "fwd ms" in r}
     if "pallas" in base and "associative" in base:
         for r in rows:
@@ -183,7 +193,7 @@ def _scan_row(impl, t_f, t_b, floors, err_fwd, err_grad, note=None):
     return row
 
 
-def bench_scan_planes(a, b, ct, fwd_bytes, bwd_bytes, hbm_tbps, repeats):
+def bench_scan_planes(a, b, ct, floors, repeats, impl="pallas", kw=None):
     """The row of :func:`linear_scan_planes`: ``a``, ``b``, ``h`` and the gradients as real and
     imaginary planes (how the S5/LRU layers call it), checked against the sequential form
     differentiated through the same planes."""
@@ -200,20 +210,19 @@ def bench_scan_planes(a, b, ct, fwd_bytes, bwd_bytes, hbm_tbps, repeats):
     ref = lambda ap, bp: _planes_of(
         linear_recurrence(jax.lax.complex(*ap), jax.lax.complex(*bp), implementation="sequential")
     )
-    fwd = jax.jit(linear_scan_planes)
-    grad = loss_of(linear_scan_planes)
+    run = functools.partial(linear_scan_planes, **(kw or {}))
+    label = f"{impl} planes"
+    fwd = jax.jit(run)
+    grad = loss_of(run)
     try:
         h, g = fwd(ap, bp), grad(ap, bp)
     except Exception as e:
-        return {"impl": "pallas planes", "note": f"failed: {type(e).__name__}: {str(e)[:80]}"}
+        return {"impl": label, "note": f"failed: {type(e).__name__}: {str(e)[:80]}"}
     h_ref, g_ref = jax.jit(ref)(ap, bp), loss_of(ref)(ap, bp)
     t_f = time_ms(fwd, ap, bp, repeats=repeats)
     t_b = time_ms(grad, ap, bp, repeats=repeats)
     err_grad = max(tree_err(x, y) for x, y in zip(g, g_ref, strict=True))
-    floors = (fwd_bytes, bwd_bytes, hbm_tbps)
-    return _scan_row(
-        "pallas planes", t_f, t_b, floors, tree_err(h, h_ref), err_grad, "planes in and out"
-    )
+    return _scan_row(label, t_f, t_b, floors, tree_err(h, h_ref), err_grad, "planes in and out")
 
 
 def _planes_of(h):
@@ -512,6 +521,13 @@ def main(argv=None):
     )
     parser.add_argument("--hbm-tbps", type=float, default=3.35, help="HBM TB/s for the floor")
     parser.add_argument("--ss-d", type=int, default=4096, help="d of the selective_scan table")
+    parser.add_argument("--skip-ss", action="store_true", help="linear tables only")
+    parser.add_argument(
+        "--scan-impls",
+        default="pallas,associative,chunked",
+        help="comma-separated linear_recurrence rows; 'pallas:opt=value' the kernel with "
+        "options (e.g. pallas:layout=mosaic); complex shapes add a planes row per pallas row",
+    )
     parser.add_argument(
         "--ss-impls",
         default="pallas,chunked,associative,sequential",
@@ -548,7 +564,10 @@ def bench(args):
             f"\n## linear_recurrence (b, l, d) = {shape}, {dtype}, {kind}; "
             f"floor at {args.hbm_tbps} TB/s"
         )
-        print(table(bench_scan(shape, dtype, args.hbm_tbps, repeats, lti), cols), flush=True)
+        rows = bench_scan(shape, dtype, args.hbm_tbps, repeats, lti, args.scan_impls.split(","))
+        print(table(rows, cols), flush=True)
+    if args.skip_ss:
+        return
     b, length, d, n = (2, 256, 64, 16) if args.quick else (8, 4096, args.ss_d, 16)
     print(
         f"\n## selective_scan (b, l, d, n) = {(b, length, d, n)}, bf16 x/dt/z/B/C, "
