@@ -1,0 +1,301 @@
+"""The Pallas Mosaic GPU linear_scan kernels (``layout="mosaic"``) against the reference.
+
+* Interpret mode (the same kernel programs, TMA copies and barriers replaced by plain
+  copies): ``h`` and the gradients w.r.t. ``a``, ``b`` and ``h0`` (random cotangents) against
+  ``ssmjax.ops.linear_recurrence(..., implementation="sequential")``, real fp32, complex64
+  and bf16 I/O, a time-varying ``a`` ``(batch, l, *s)`` and a time-invariant one, shared
+  ``(*s)`` or per sequence ``(batch, *s)``, forward and ``reverse``, at lengths of one step
+  (a tile that is nearly all padding), of a partial tile (37: padded at the end, or at the
+  start when ``reverse``), of whole tiles (64), and of more tiles than shared-memory slots
+  (161: slots refilled), with a flat and a multi-dimensional state, ``unroll`` 4, 8 (the
+  default) and 32; ``return_final_state`` (cotangents on both outputs);
+  ``linear_scan_planes`` against ``linear_scan`` on the complex array.
+* Lowering for CUDA on this CPU (``check_backend`` and ``on_hopper`` patched): the real
+  Mosaic GPU lowering (register layouts, TMA, barriers), which interpret mode does not run:
+  one Mosaic GPU kernel forward, two for a gradient (forward and backward), no Triton one.
+* The default layout is still the Triton kernel (interpret mode and lowered on "Hopper").
+* ``layout="mosaic"`` outside its limits (state size, ``chunks``, ``unroll``, the device)
+  and an unknown layout raise ``NotImplementedError`` before any work.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from test_linear_scan import check_against_sequential, lti_a_shape, make_inputs, make_lti_a
+
+import pallas_kernels._linear_scan_mosaic as lm
+import pallas_kernels.linear_scan as ls
+from pallas_kernels.linear_scan import linear_scan, linear_scan_planes
+from ssmjax.ops import linear_recurrence
+from ssmjax.testing import assert_allclose
+
+MOSAIC = "mosaic_gpu_v2"  # the custom call of a Mosaic GPU kernel
+TRITON = "__gpu$xla.gpu.triton"  # that of a Pallas-Triton kernel
+BATCH = 2
+
+
+def _tol(dtype):
+    return jnp.bfloat16 if jnp.dtype(dtype) == jnp.bfloat16 else jnp.float32
+
+
+def _inputs(rng, dtype, length, form, state):
+    """``a, b, h0, ct``; ``form``: ``"full"`` (time-varying ``a``), ``"shared"`` or
+    ``"per_seq"`` (time-invariant)."""
+    a, b, h0, ct = make_inputs(rng, dtype, (BATCH, length, *state))
+    if form != "full":
+        a = make_lti_a(rng, dtype, lti_a_shape(form, BATCH, state))
+    return a, b, h0, ct
+
+
+def _n_a(form, length):
+    """Reduction length behind ``da``: a time-invariant ``a`` sums over time and batch."""
+    return None if form == "full" else length * BATCH
+
+
+CASES = {
+    # dtype, length, reverse, a form, state shape, unroll (None: the default, 8)
+    # l = 1: a full (batch, 1, d) a has La == 1, so it takes the time-invariant path.
+    "fp32-l1-full": ("float32", 1, False, "full", (128,), None),
+    "fp32-l37-full-rev": ("float32", 37, True, "full", (256,), None),
+    "fp32-l64-full-2x128-u4": ("float32", 64, False, "full", (2, 128), 4),
+    "fp32-l37-shared": ("float32", 37, False, "shared", (128,), None),
+    "fp32-l64-perseq-rev-4x32-u32": ("float32", 64, True, "per_seq", (4, 32), 32),
+    "fp32-l161-full-rev": ("float32", 161, True, "full", (128,), None),  # 6 tiles, 3 slots
+    "c64-l37-full": ("complex64", 37, False, "full", (128,), None),
+    "c64-l64-full-rev": ("complex64", 64, True, "full", (128,), None),
+    "c64-l1-perseq-rev": ("complex64", 1, True, "per_seq", (128,), None),
+    "c64-l37-shared-rev": ("complex64", 37, True, "shared", (2, 64), None),
+    "c64-l64-perseq": ("complex64", 64, False, "per_seq", (128,), None),
+    "c64-l161-shared": ("complex64", 161, False, "shared", (128,), None),
+    "bf16-l37-full-rev": ("bfloat16", 37, True, "full", (128,), None),
+    "bf16-l64-shared": ("bfloat16", 64, False, "shared", (128,), None),
+}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "length", "reverse", "form", "state", "unroll"), list(CASES.values()), ids=list(CASES)
+)
+def test_matches_sequential(rng, dtype, length, reverse, form, state, unroll):
+    a, b, h0, ct = _inputs(rng, dtype, length, form, state)
+
+    def kernel(a, b, h0):
+        return linear_scan(
+            a, b, h0, reverse=reverse, interpret=True, unroll=unroll, layout="mosaic"
+        )
+
+    check_against_sequential(kernel, a, b, h0, ct, dtype, reverse, n_a=_n_a(form, length))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "length", "reverse", "form"),
+    [("float32", 37, True, "full"), ("complex64", 37, False, "per_seq")],
+)
+def test_final_state_matches_sequential(rng, dtype, length, reverse, form):
+    """``return_final_state``, with cotangents on both outputs (the final state's adds to
+    the last step's in scan order)."""
+    a, b, h0, ct = _inputs(rng, dtype, length, form, (128,))
+    last = 0 if reverse else -1
+
+    def kernel(a, b, h0):
+        return linear_scan(
+            a, b, h0, reverse=reverse, interpret=True, return_final_state=True, layout="mosaic"
+        )
+
+    def reference(a, b, h0):
+        h = linear_recurrence(a, b, h0, reverse=reverse, implementation="sequential")
+        return h, h[:, last]
+
+    (h, h_last), vjp = jax.vjp(kernel, a, b, h0)
+    (h_ref, h_last_ref), vjp_ref = jax.vjp(reference, a, b, h0)
+    assert h_last.shape == h0.shape and h_last.dtype == b.dtype
+    assert_allclose(h, h_ref, n=length)
+    assert_allclose(h_last, h_last_ref, n=length)
+    ct_last = make_inputs(rng, dtype, (BATCH, 1, 128))[3][:, 0]
+    grads = vjp((ct, ct_last))
+    grads_ref = vjp_ref((ct, ct_last))
+    n_a = _n_a(form, length) or length
+    for name, g, g_ref, x in zip("a b h0".split(), grads, grads_ref, (a, b, h0), strict=True):
+        assert g.shape == x.shape and g.dtype == x.dtype, name
+        n = n_a if name == "a" else length
+        assert_allclose(g, g_ref, n=n, kind="grad", err_msg=name)
+
+
+@pytest.mark.parametrize(("form", "reverse"), [("full", False), ("per_seq", True)])
+def test_planes_match_complex(rng, form, reverse):
+    """``linear_scan_planes`` (planes in, planes out) equals ``linear_scan`` on the complex
+    arrays, forward and the gradient w.r.t. every plane."""
+    length = 37
+    a, b, h0, _ = _inputs(rng, "complex64", length, form, (128,))
+    planes = [x for v in (a, b, h0) for x in (jnp.real(v), jnp.imag(v))]
+    cts = tuple(jnp.asarray(rng.normal(size=b.shape), jnp.float32) for _ in range(2))
+    kw = dict(reverse=reverse, interpret=True, layout="mosaic")
+
+    def on_planes(a_re, a_im, b_re, b_im, h0_re, h0_im):
+        return linear_scan_planes((a_re, a_im), (b_re, b_im), (h0_re, h0_im), **kw)
+
+    def on_complex(a_re, a_im, b_re, b_im, h0_re, h0_im):
+        c = jax.lax.complex
+        h = linear_scan(c(a_re, a_im), c(b_re, b_im), c(h0_re, h0_im), **kw)
+        return jnp.real(h), jnp.imag(h)
+
+    h, vjp = jax.vjp(on_planes, *planes)
+    h_ref, vjp_ref = jax.vjp(on_complex, *planes)
+    for x, x_ref in zip(h, h_ref, strict=True):
+        assert x.shape == b.shape and x.dtype == jnp.float32
+        assert_allclose(x, x_ref, n=length)
+    names = "a_re a_im b_re b_im h0_re h0_im".split()
+    for name, g, g_ref, x in zip(names, vjp(cts), vjp_ref(cts), planes, strict=True):
+        assert g.shape == x.shape and g.dtype == x.dtype, name
+        assert_allclose(g, g_ref, n=length * BATCH, kind="grad", err_msg=name)
+
+
+# ----------------------------------------------------------------------------------------
+# Lowering for CUDA (no GPU needed)
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hopper(monkeypatch):
+    """Compile for a GPU on this CPU as if it were an H100."""
+    monkeypatch.setattr(ls, "check_backend", lambda *a: None)
+    monkeypatch.setattr(lm, "on_hopper", lambda: True)
+
+
+def shapes(dtype, batch, length, d, form):
+    """``jax.ShapeDtypeStruct`` ``a, b, h0`` (nothing allocated: lowering a big shape is
+    cheap)."""
+    sds = jax.ShapeDtypeStruct
+    a_shape = {"full": (batch, length, d), "shared": (d,), "per_seq": (batch, d)}[form]
+    return sds(a_shape, dtype), sds((batch, length, d), dtype), sds((batch, d), dtype)
+
+
+def lowered(fn, *args) -> str:
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+LOWERINGS = {
+    # dtype, (batch, l, d), a form, reverse
+    "fp32-full": ("float32", (8, 4096, 2048), "full", False),
+    "fp32-full-rev-odd": ("float32", (8, 1001, 2048), "full", True),
+    "fp32-shared-odd": ("float32", (8, 1001, 2048), "shared", False),
+    "fp32-perseq-rev": ("float32", (8, 4096, 2048), "per_seq", True),
+    "c64-full-rev": ("complex64", (8, 4096, 1024), "full", True),
+    "c64-full-odd": ("complex64", (8, 1001, 1024), "full", False),
+    "c64-shared-rev-odd": ("complex64", (8, 1001, 1024), "shared", True),
+    "c64-perseq": ("complex64", (8, 4096, 1024), "per_seq", False),
+    "bf16-full-odd": ("bfloat16", (8, 1001, 2048), "full", False),
+}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "form", "reverse"), list(LOWERINGS.values()), ids=list(LOWERINGS)
+)
+def test_lowers_to_mosaic_gpu(hopper, dtype, shape, form, reverse):
+    """One Mosaic GPU kernel forward, two for the gradient w.r.t. ``a``, ``b`` and ``h0``
+    (forward and backward), no Triton kernel.
+
+    Catches what the Mosaic GPU lowering rejects (layouts of loaded vectors, TMA shapes,
+    shared-memory sizes, ...), which interpret mode does not run.
+    """
+    args = shapes(jnp.dtype(dtype), *shape, form)
+
+    def f(a, b, h0):
+        return linear_scan(a, b, h0, reverse=reverse, layout="mosaic")
+
+    def grad(a, b, h0):
+        loss = lambda *x: jnp.sum(jnp.abs(f(*x).astype(b.dtype)) ** 2).real
+        return jax.grad(loss, argnums=(0, 1, 2))(a, b, h0)
+
+    text = lowered(f, *args)
+    assert text.count(MOSAIC) == 1 and TRITON not in text
+    text = lowered(grad, *args)
+    assert text.count(MOSAIC) == 2 and TRITON not in text
+
+
+# ----------------------------------------------------------------------------------------
+# The default layout is Triton
+# ----------------------------------------------------------------------------------------
+
+
+def test_default_is_triton_in_interpret_mode(rng):
+    """No ``layout``: the Triton kernels (interpreted), with the Mosaic layout's values."""
+    a, b, h0, _ = _inputs(rng, "float32", 37, "full", (128,))
+    f = lambda a, b, h0, **kw: linear_scan(a, b, h0, interpret=True, **kw)
+    loss = lambda a, b, h0, **kw: jnp.sum(f(a, b, h0, **kw) ** 2)
+    grad = jax.grad(loss, argnums=(0, 1, 2))
+    default = str(jax.make_jaxpr(grad)(a, b, h0))
+    mosaic = str(jax.make_jaxpr(lambda *x: grad(*x, layout="mosaic"))(a, b, h0))
+    assert "linear_scan_fwd" in default and "linear_scan_bwd" in default
+    assert "mosaic" not in default
+    assert "linear_scan_fwd_mosaic" in mosaic and "linear_scan_bwd_mosaic" in mosaic
+    assert_allclose(f(a, b, h0), f(a, b, h0, layout="mosaic"), n=37)
+
+
+def test_default_is_triton_on_hopper(hopper):
+    """No ``layout``, on "Hopper", at a shape the Mosaic kernels take: Triton kernels."""
+    args = shapes(jnp.float32, 8, 4096, 2048, "full")
+    f = lambda a, b, h0: linear_scan(a, b, h0)
+    text = lowered(f, *args)
+    assert MOSAIC not in text and TRITON in text
+    text = lowered(jax.grad(lambda *x: jnp.sum(f(*x) ** 2), argnums=(0, 1, 2)), *args)
+    assert MOSAIC not in text and TRITON in text
+
+
+# ----------------------------------------------------------------------------------------
+# layout="mosaic" outside its limits
+# ----------------------------------------------------------------------------------------
+
+
+ERRORS = {
+    # state shape, length, options, match
+    "d64": ((64,), 5, {}, "64 is not a multiple of 128"),
+    "d120": ((3, 40), 5, {}, "120 is not a multiple of 128"),
+    "chunks2": ((128,), 64, {"chunks": 2}, r"\(chunks > 1\) scan is Triton only"),
+    "unroll3": ((128,), 5, {"unroll": 3}, "unroll=3 does not divide"),
+    "unroll64": ((128,), 5, {"unroll": 64}, "unroll=64 does not divide"),
+}
+
+
+@pytest.mark.parametrize(
+    ("state", "length", "opts", "match"), list(ERRORS.values()), ids=list(ERRORS)
+)
+def test_unsupported_mosaic_raises(rng, monkeypatch, state, length, opts, match):
+    """Raised by the entry point, before anything runs (here: before the scan is called)."""
+
+    def no_scan(*a):
+        raise AssertionError("the scan ran")
+
+    monkeypatch.setattr(ls, "_scan", no_scan)
+    a, b, h0, _ = make_inputs(rng, "float32", (BATCH, length, *state))
+    with pytest.raises(NotImplementedError, match="linear_scan: layout='mosaic': .*" + match):
+        linear_scan(a, b, h0, interpret=True, layout="mosaic", **opts)
+
+
+def test_unknown_layout_raises(rng, monkeypatch):
+    monkeypatch.setattr(ls, "_scan", lambda *a: pytest.fail("the scan ran"))
+    a, b, h0, _ = make_inputs(rng, "complex64", (BATCH, 5, 128))
+    with pytest.raises(NotImplementedError, match="layout='bogus'"):
+        linear_scan(a, b, h0, interpret=True, layout="bogus")
+    planes = lambda x: (jnp.real(x), jnp.imag(x))
+    with pytest.raises(NotImplementedError, match="layout='bogus'"):
+        linear_scan_planes(planes(a), planes(b), interpret=True, layout="bogus")
+
+
+def test_mosaic_needs_hopper(rng, monkeypatch):
+    """Compiled (not interpret) on a device that is not Hopper: this CPU, backend check off."""
+    monkeypatch.setattr(ls, "check_backend", lambda *a: None)
+    assert not lm.on_hopper()
+    a, b, h0, _ = make_inputs(rng, "float32", (BATCH, 5, 128))
+    with pytest.raises(NotImplementedError, match=r"compute capability 9\.0"):
+        linear_scan(a, b, h0, layout="mosaic")
+    with pytest.raises(NotImplementedError, match=r"compute capability 9\.0"):
+        lowered(lambda *x: linear_scan(*x, layout="mosaic"), a, b, h0)
+
+
+def test_supported():
+    assert lm.supported(256, 8, 1, interpret=True) is None
+    assert lm.supported(256, 32, 1, interpret=True) is None
+    assert "compute capability" in lm.supported(256, 8, 1, interpret=False)  # this CPU
+    assert "128" in lm.supported(192, 8, 1, interpret=True)
+    assert "chunks" in lm.supported(256, 8, 4, interpret=True)
+    assert "unroll" in lm.supported(256, 16 + 8, 1, interpret=True)
