@@ -120,7 +120,7 @@ def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
     order = (lambda k: n_tiles - 1 - k) if reverse else (lambda k: k)
     tiles = _Tiles(ops, seqs, slots, bars, b, cols, n_tiles, order)
     tiles.prologue()
-    a_row = lax.rem(b, a_refs[0].shape[0]) if lti else None  # Ba in {1, batch}
+    a_row = (0 if a_refs[0].shape[0] == 1 else b) if lti else None  # Ba in {1, batch}
     a_lti = [ops.vec(r.at[a_row, cols]).astype(_F32) for r in a_refs] if lti else None
     h = [ops.vec(r.at[b, cols]) for r in h0_refs]
     a_slots, b_slots = ((), slots) if lti else (slots[:p], slots[p:])
@@ -156,23 +156,22 @@ def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
     order = (lambda k: k) if reverse else (lambda k: n_tiles - 1 - k)
     tiles = _Tiles(ops, seqs, slots, bars, b, cols, n_tiles, order)
     tiles.prologue()
-    a_row = lax.rem(b, a_refs[0].shape[0]) if lti else None
+    a_row = (0 if a_refs[0].shape[0] == 1 else b) if lti else None
     a_lti = [ops.vec(r.at[a_row, cols]).astype(_F32) for r in a_refs] if lti else None
     h0 = [ops.vec(r.at[b, cols]) for r in h0_refs]
     a_slots = () if lti else slots[:p]
     h_slots, dh_slots = slots[-2 * p : -p], slots[-p:]
     step = 1 if reverse else -1  # row of the previous state in scan order, within a tile
-    length_pad = h_refs[0].shape[1]
 
     def tile_body(tile, slot, carry):
         c, da_sum = list(carry[0]), carry[1]
         # The state before the tile's edge row (the last one processed): the neighbour
         # tile's row, or h0 at the scan's start.
         start = tile * TILE
-        if reverse:
-            edge_row, first = jnp.minimum(start + TILE, length_pad - 1), tile == n_tiles - 1
-        else:
-            edge_row, first = jnp.maximum(start - 1, 0), tile == 0
+        # (No scalar min/max or select: integer and float arithmetic on the flag only.)
+        first = (tile == n_tiles - 1) if reverse else (tile == 0)
+        first_i = first.astype(jnp.int32)
+        edge_row = (start + TILE - first_i) if reverse else (start - 1 + first_i)
         f = first.astype(_F32)
         edge = [ops.vec(r.at[b, edge_row, cols]).astype(_F32) for r in h_refs]
         edge = [e * (1.0 - f) + x0 * f for e, x0 in zip(edge, h0, strict=True)]
