@@ -25,10 +25,11 @@ Implementations behind the ``implementation=`` switch (see :mod:`ssmjax.ops._dis
   states and one chunk's ``(b, chunk_size, d, n)`` work space -- never ``O(b l d n)``.
   It supports reverse-mode differentiation (``jax.grad``, ``jax.vjp``), not ``jax.jvp``.
 
-* ``"pallas"`` — the fused Pallas-Triton kernel of :mod:`pallas_kernels.selective_scan`
+* ``"pallas"`` — the fused Pallas kernels of :mod:`pallas_kernels.selective_scan`
   (forward and backward; the state stays in registers, the backward keeps one state per
-  ``bwd_unroll`` steps, 2 by default). On a machine without a GPU an explicit request
-  runs it in the Pallas interpreter (slow; for tests).
+  ``bwd_unroll`` steps, 4 by default at ``n = 16``; on H100/H200 the forward is a Mosaic
+  GPU kernel with its inputs staged by TMA, elsewhere Triton). On a machine without a GPU
+  an explicit request runs it in the Pallas interpreter (slow; for tests).
 
 The automatic choice (``implementation=None``) is ``"associative"`` for sequences of at
 most :data:`AUTO_CHUNKED_MIN_LENGTH` steps and ``"chunked"`` above, preceded on a GPU by
