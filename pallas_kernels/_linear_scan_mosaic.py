@@ -21,12 +21,23 @@ opt-in (``linear_scan(..., layout="mosaic")``).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from pallas_kernels._mosaic_common import BLOCK_D, SMEM_BYTES, Ops, launch, on_hopper, plgpu
+from pallas_kernels._mosaic_common import (
+    BLOCK_D,
+    SMEM_BYTES,
+    Ops,
+    TileRing,
+    launch,
+    on_hopper,
+    plgpu,
+    staging,
+)
 
 _F32 = jnp.float32
 TILE = 32  # steps per TMA tile
@@ -66,43 +77,6 @@ def supported(d: int, unroll: int, chunks: int, interpret: bool) -> str | None:
     return None
 
 
-class _Tiles:
-    """Staging of ``(b, l_pad, d)`` sequences tile by tile into shared-memory slots."""
-
-    def __init__(self, ops, seqs, slots, bars, b, cols, n_tiles, order):
-        self.ops, self.seqs, self.slots, self.bars = ops, seqs, slots, bars
-        self.b, self.cols, self.n_tiles, self.order = b, cols, n_tiles, order
-        self.stages = slots[0].shape[0]
-
-    def issue(self, k, slot):
-        """Stage the ``k``-th tile in processing order into ``slot``."""
-        bar = None if self.bars is None else self.bars.at[slot]
-        rows = pl.ds(self.order(k) * TILE, TILE)
-        for src, dst in zip(self.seqs, self.slots, strict=True):
-            self.ops.stage(src.at[self.b, rows, self.cols], dst.at[slot], bar)
-
-    def prologue(self):
-        for i in range(min(self.stages, self.n_tiles)):
-            self.issue(i, i)
-
-    def loop(self, body, carry):
-        """``body(tile, slot, carry) -> carry`` over the tiles in processing order."""
-
-        def one(k, carry):
-            slot = lax.rem(k, self.stages)
-            self.ops.wait(None if self.bars is None else self.bars.at[slot])
-            carry = body(self.order(k), slot, carry)
-            self.ops.release()
-
-            @pl.when(k + self.stages < self.n_tiles)
-            def _():
-                self.issue(k + self.stages, slot)
-
-            return carry
-
-        return lax.fori_loop(0, self.n_tiles, one, carry)
-
-
 def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
     na = p
     a_refs, b_refs, h0_refs, h_refs = (
@@ -118,7 +92,8 @@ def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
     cols = pl.ds(di * BLOCK_D, BLOCK_D)
     seqs = tuple(b_refs) if lti else (*a_refs, *b_refs)
     order = (lambda k: n_tiles - 1 - k) if reverse else (lambda k: k)
-    tiles = _Tiles(ops, seqs, slots, bars, b, cols, n_tiles, order)
+    sources = [lambda rows, ref=ref: ref.at[b, rows, cols] for ref in seqs]
+    tiles = TileRing(ops, sources, slots, bars, TILE, n_tiles, order)
     tiles.prologue()
     a_row = (0 if a_refs[0].shape[0] == 1 else b) if lti else None  # Ba in {1, batch}
     a_lti = [ops.vec(r.at[a_row, cols]).astype(_F32) for r in a_refs] if lti else None
@@ -154,7 +129,8 @@ def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
     seqs = (*h_refs, *dh_refs) if lti else (*a_refs, *h_refs, *dh_refs)
     # The adjoint runs against the scan: tiles and rows backwards (forwards when reverse).
     order = (lambda k: k) if reverse else (lambda k: n_tiles - 1 - k)
-    tiles = _Tiles(ops, seqs, slots, bars, b, cols, n_tiles, order)
+    sources = [lambda rows, ref=ref: ref.at[b, rows, cols] for ref in seqs]
+    tiles = TileRing(ops, sources, slots, bars, TILE, n_tiles, order)
     tiles.prologue()
     a_row = (0 if a_refs[0].shape[0] == 1 else b) if lti else None
     a_lti = [ops.vec(r.at[a_row, cols]).astype(_F32) for r in a_refs] if lti else None
@@ -238,34 +214,45 @@ def _unpad(x, length: int, pad: int, reverse: bool):
     return x[:, pad:] if reverse else x[:, :length]
 
 
+def _tiling(length: int) -> tuple[int, int]:
+    """``(tiles, padded steps)`` of a sequence of ``length`` steps."""
+    n_tiles = -(-length // TILE)
+    return n_tiles, n_tiles * TILE - length
+
+
+def _call(cfg, body, staged, out_shape, n_in: int, grid, name: str):
+    """``body(*refs, ops=...)`` launched with one ring slot per dtype of ``staged`` (the
+    staged arrays, in slot order), as many tiles in flight as fit."""
+    slot_shapes = [((TILE, BLOCK_D), dt) for dt in staged]
+    scratch = staging(slot_shapes, _stages(TILE, staged), cfg.interpret)
+    ops = Ops(cfg.interpret)
+    kernel = lambda *refs: body(*refs, ops=ops)
+    return launch(
+        kernel,
+        out_shape=out_shape,
+        scratch=scratch,
+        n_in=n_in,
+        grid=grid,
+        interpret=cfg.interpret,
+        name=name,
+    )
+
+
 def run_fwd_mosaic(cfg, ap, bp, h0p):
     """The ``h`` planes ``(batch, l, d)`` (as ``linear_scan._run_fwd``)."""
     batch, length, d = bp[0].shape
     p, lti = len(bp), ap[0].ndim == 2
-    n_tiles = -(-length // TILE)
-    pad = n_tiles * TILE - length
+    n_tiles, pad = _tiling(length)
     seq = lambda v: _pad(v, pad, cfg.reverse)
     ap = ap if lti else tuple(seq(v) for v in ap)
     bp = tuple(seq(v) for v in bp)
     staged = ([] if lti else [v.dtype for v in ap]) + [v.dtype for v in bp]  # slot order
-    stages = _stages(TILE, staged)
-    scratch = [plgpu.SMEM((stages, TILE, BLOCK_D), dt) for dt in staged]
-    if not cfg.interpret:
-        scratch.append(plgpu.Barrier(num_arrivals=len(staged), num_barriers=stages))
-    ops = Ops(cfg.interpret)
-    kernel = lambda *refs: _fwd_kernel(
-        *refs, p=p, lti=lti, reverse=cfg.reverse, n_tiles=n_tiles, unroll=cfg.unroll, ops=ops
+    body = functools.partial(
+        _fwd_kernel, p=p, lti=lti, reverse=cfg.reverse, n_tiles=n_tiles, unroll=cfg.unroll
     )
     out_shape = [jax.ShapeDtypeStruct((batch, length + pad, d), bp[0].dtype)] * p
-    call = launch(
-        kernel,
-        out_shape=out_shape,
-        scratch=scratch,
-        n_in=3 * p,
-        grid=(d // BLOCK_D, batch),
-        interpret=cfg.interpret,
-        name="linear_scan_fwd_mosaic",
-    )
+    grid = (d // BLOCK_D, batch)
+    call = _call(cfg, body, staged, out_shape, 3 * p, grid, "linear_scan_fwd_mosaic")
     hp = call(*ap, *bp, *h0p)
     return tuple(_unpad(h, length, pad, cfg.reverse) for h in hp)
 
@@ -274,45 +261,25 @@ def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype):
     """``(db, da, dh0)`` planes (as ``linear_scan._run_bwd``)."""
     batch, length, d = hp[0].shape
     p, lti = len(hp), ap[0].ndim == 2
-    n_tiles = -(-length // TILE)
-    pad = n_tiles * TILE - length
+    n_tiles, pad = _tiling(length)
     seq = lambda v: _pad(v, pad, cfg.reverse)
     ap = ap if lti else tuple(seq(v) for v in ap)
     hp, dhp = tuple(seq(v) for v in hp), tuple(seq(v) for v in dhp)
     staged = ([] if lti else [v.dtype for v in ap]) + [v.dtype for v in (*hp, *dhp)]
-    stages = _stages(TILE, staged)
-    scratch = [plgpu.SMEM((stages, TILE, BLOCK_D), dt) for dt in staged]
-    if not cfg.interpret:
-        scratch.append(plgpu.Barrier(num_arrivals=len(staged), num_barriers=stages))
-    ops = Ops(cfg.interpret)
-    kernel = lambda *refs: _bwd_kernel(
-        *refs, p=p, lti=lti, reverse=cfg.reverse, n_tiles=n_tiles, unroll=cfg.unroll, ops=ops
+    body = functools.partial(
+        _bwd_kernel, p=p, lti=lti, reverse=cfg.reverse, n_tiles=n_tiles, unroll=cfg.unroll
     )
     seq_shape = (batch, length + pad, d)
-    da_shape = (
-        jax.ShapeDtypeStruct((batch, d), _F32)
-        if lti
-        else (jax.ShapeDtypeStruct(seq_shape, ap[0].dtype))
-    )
+    da_type = jax.ShapeDtypeStruct((batch, d) if lti else seq_shape, _F32 if lti else ap[0].dtype)
     out_shape = (
         [jax.ShapeDtypeStruct(seq_shape, b_dtype)] * p
-        + [da_shape] * p
+        + [da_type] * p
         + [jax.ShapeDtypeStruct((batch, d), h0p[0].dtype)] * p
     )
-    call = launch(
-        kernel,
-        out_shape=out_shape,
-        scratch=scratch,
-        n_in=4 * p,
-        grid=(d // BLOCK_D, batch),
-        interpret=cfg.interpret,
-        name="linear_scan_bwd_mosaic",
-    )
+    grid = (d // BLOCK_D, batch)
+    call = _call(cfg, body, staged, out_shape, 4 * p, grid, "linear_scan_bwd_mosaic")
     outs = call(*ap, *hp, *dhp, *h0p)
-    g = tuple(_unpad(v, length, pad, cfg.reverse) for v in outs[:p])
-    da = (
-        tuple(outs[p : 2 * p])
-        if lti
-        else tuple(_unpad(v, length, pad, cfg.reverse) for v in outs[p : 2 * p])
-    )
+    unpad = lambda vs: tuple(_unpad(v, length, pad, cfg.reverse) for v in vs)
+    g = unpad(outs[:p])
+    da = tuple(outs[p : 2 * p]) if lti else unpad(outs[p : 2 * p])
     return g, da, tuple(outs[2 * p :])

@@ -71,6 +71,61 @@ class Ops:
             plgpu.commit_smem()
 
 
+def staging(slot_shapes, stages: int, interpret: bool) -> list:
+    """Scratch for a :class:`TileRing`: one ``(stages, *shape)`` shared-memory buffer per
+    ``(shape, dtype)`` of ``slot_shapes`` and, compiled, the ring's TMA barriers (one per
+    slot, one arrival per staged array)."""
+    scratch = [plgpu.SMEM((stages, *shape), dtype) for shape, dtype in slot_shapes]
+    if not interpret:
+        scratch.append(plgpu.Barrier(num_arrivals=len(slot_shapes), num_barriers=stages))
+    return scratch
+
+
+class TileRing:
+    """Tiles of ``tile`` time steps staged into a ring of shared-memory slots.
+
+    ``sources[i](rows)`` is the HBM ref of array ``i``'s tile at ``rows`` (a ``pl.ds``);
+    ``slots[i]`` its ``(stages, ...)`` buffer (:func:`staging`), ``bars`` the barriers
+    (``None`` in the interpreter). Tile ``k`` of the processing order is time tile
+    ``order(k)``. :meth:`loop` waits for each tile, runs the body, releases the slot and
+    refills it with the tile ``stages`` ahead.
+    """
+
+    def __init__(self, ops, sources, slots, bars, tile, n_tiles, order=lambda k: k):
+        self.ops, self.sources, self.slots, self.bars = ops, sources, slots, bars
+        self.tile, self.n_tiles, self.order = tile, n_tiles, order
+        self.stages = slots[0].shape[0]
+
+    def issue(self, k, slot):
+        """Stage the ``k``-th tile in processing order into ``slot``."""
+        bar = None if self.bars is None else self.bars.at[slot]
+        rows = pl.ds(self.order(k) * self.tile, self.tile)
+        for src, dst in zip(self.sources, self.slots, strict=True):
+            self.ops.stage(src(rows), dst.at[slot], bar)
+
+    def prologue(self):
+        """Stage the first ``stages`` tiles (call before the loop)."""
+        for i in range(min(self.stages, self.n_tiles)):
+            self.issue(i, i)
+
+    def loop(self, body, carry):
+        """``body(time_tile, slot, carry) -> carry`` over the tiles in processing order."""
+
+        def one(k, carry):
+            slot = lax.rem(k, self.stages)
+            self.ops.wait(None if self.bars is None else self.bars.at[slot])
+            carry = body(self.order(k), slot, carry)
+            self.ops.release()
+
+            @pl.when(k + self.stages < self.n_tiles)
+            def _():
+                self.issue(k + self.stages, slot)
+
+            return carry
+
+        return lax.fori_loop(0, self.n_tiles, one, carry)
+
+
 def launch(
     kernel, *, out_shape, scratch, n_in: int, grid, interpret: bool, name: str, approx_math=True
 ):

@@ -29,7 +29,16 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from pallas_kernels._mosaic_common import BLOCK_D, SMEM_BYTES, Ops, launch, on_hopper, plgpu
+from pallas_kernels._mosaic_common import (
+    BLOCK_D,
+    SMEM_BYTES,
+    Ops,
+    TileRing,
+    launch,
+    on_hopper,
+    plgpu,
+    staging,
+)
 from pallas_kernels._selective_scan_common import _F32, _Config, _Inputs
 
 _LOG2E = math.log2(math.e)
@@ -73,18 +82,11 @@ def _kernel(*refs, cfg: _Config, ops: Ops, length: int, n: int, n_tiles: int, sa
     cols = pl.ds(di * BLOCK_D, BLOCK_D)
     grp = lax.div(di, per_group)
     unroll = cfg.ckpt_every if save else cfg.unroll
-    tile_len, n_stages = cfg.tile, cfg.stages
-
-    def issue(tile, slot):
-        bar = None if bars is None else bars.at[slot]
-        rows = pl.ds(tile * tile_len, tile_len)
-        for name in seq_names:
-            ops.stage(r[name].at[b, rows, cols], smem[name + "_s"].at[slot], bar)
-        for name in ("B", "C"):
-            ops.stage(r[name].at[b, grp, rows], smem[name + "_s"].at[slot], bar)
-
-    for i in range(min(n_stages, n_tiles)):
-        issue(i, i)
+    tile_len = cfg.tile
+    sources = [lambda rows, ref=r[name]: ref.at[b, rows, cols] for name in seq_names]
+    sources += [lambda rows, ref=r[name]: ref.at[b, grp, rows] for name in ("B", "C")]
+    ring = TileRing(ops, sources, [smem[k] for k in smem_names], bars, tile_len, n_tiles)
+    ring.prologue()
     a2 = [ops.vec(r["A2"].at[k, cols]) for k in range(n)]
     D = ops.vec(r["D"].at[cols]) if cfg.has_D else None
     bias = ops.vec(r["bias"].at[cols]) if cfg.has_bias else None
@@ -116,9 +118,7 @@ def _kernel(*refs, cfg: _Config, ops: Ops, length: int, n: int, n_tiles: int, sa
         r["y"][b, pos, cols] = y.astype(r["y"].dtype)
         return tuple(h)
 
-    def tile_body(tile, h):
-        slot = lax.rem(tile, n_stages)
-        ops.wait(None if bars is None else bars.at[slot])
+    def tile_body(tile, slot, h):
         start = tile * tile_len
 
         def group(i, h):
@@ -131,16 +131,9 @@ def _kernel(*refs, cfg: _Config, ops: Ops, length: int, n: int, n_tiles: int, sa
                 h = step(slot, start + t0 + u, t0 + u, h)
             return h
 
-        h = lax.fori_loop(0, tile_len // unroll, group, h)
-        ops.release()
+        return lax.fori_loop(0, tile_len // unroll, group, h)
 
-        @pl.when(tile + n_stages < n_tiles)
-        def _():
-            issue(tile + n_stages, slot)
-
-        return h
-
-    h = lax.fori_loop(0, n_tiles, tile_body, h_init)
+    h = ring.loop(tile_body, h_init)
     for k in range(n):
         r["hT"][b, k, cols] = h[k]
 
@@ -177,10 +170,8 @@ def supported(cfg: _Config, p: _Inputs) -> str | None:
 
 def run_fwd_mosaic(cfg: _Config, p: _Inputs, save: bool):
     """``[y (b, l, d), h_last (b, d, n) fp32]`` (+ ``ckpt (b, ceil(l / ckpt_every), n, d)``
-    fp32 when ``save``), as ``selective_scan._run_fwd`` returns them."""
-    why = supported(cfg, p)
-    if why:
-        raise NotImplementedError(f"selective_scan kernel: layout='mosaic': {why}")
+    fp32 when ``save``), as ``selective_scan._run_fwd`` returns them; the call was checked
+    by :func:`supported` at the entry point."""
     b, length, d = p.x.shape
     n = p.A.shape[1]
     n_tiles = -(-length // cfg.tile)
@@ -212,11 +203,9 @@ def run_fwd_mosaic(cfg: _Config, p: _Inputs, save: bool):
     if save:
         out_shape.append(jax.ShapeDtypeStruct((b, padded // unroll, n, d), _F32))
     seq_names = ["x", "dt"] + (["z"] if cfg.has_z else [])
-    staged = (cfg.stages, cfg.tile)
-    scratch = [plgpu.SMEM((*staged, BLOCK_D), arrays[s].dtype) for s in seq_names]
-    scratch += [plgpu.SMEM((*staged, n), _F32) for _ in ("B", "C")]
-    if not cfg.interpret:
-        scratch.append(plgpu.Barrier(num_arrivals=len(seq_names) + 2, num_barriers=cfg.stages))
+    slot_shapes = [((cfg.tile, BLOCK_D), arrays[s].dtype) for s in seq_names]
+    slot_shapes += [((cfg.tile, n), _F32)] * 2  # B, C
+    scratch = staging(slot_shapes, cfg.stages, cfg.interpret)
     ops = Ops(cfg.interpret)
     kernel = lambda *refs: _kernel(
         *refs, cfg=cfg, ops=ops, length=length, n=n, n_tiles=n_tiles, save=save
