@@ -1,5 +1,5 @@
-"""Pallas kernels for the diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t``: Triton,
-and opt-in Mosaic GPU ones on Hopper.
+"""Pallas kernels for the diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t``: Mosaic
+GPU ones on Hopper where they run, Triton ones otherwise.
 
 Design (one kernel forward, one fused kernel backward):
 
@@ -41,10 +41,11 @@ Design (one kernel forward, one fused kernel backward):
   step), with ``da``, ``dh0`` elementwise in XLA. ``a`` and ``b`` are read twice, so the
   single pass wins whenever its grid fills the GPU.
 * bf16 I/O: ``a`` and ``b`` may be bf16; ``h`` is then written in bf16, the carry is fp32.
-* ``layout="mosaic"`` (opt-in, Hopper): the single-pass forward and backward as Pallas Mosaic
-  GPU kernels with the sequences staged by TMA into shared memory
-  (:mod:`pallas_kernels._linear_scan_mosaic`), for the latency limit of the Triton kernels
-  (forward 1.75x its HBM floor). Same semantics and tests; not yet timed.
+* ``layout="mosaic"`` (the default on compute capability 9.0 GPUs where it runs, see
+  :func:`auto_layout`): the single-pass forward and backward as Pallas Mosaic GPU kernels
+  with the sequences staged by TMA into shared memory
+  (:mod:`pallas_kernels._linear_scan_mosaic`), for the latency limit of the Triton kernels.
+  Same semantics and tests. Faster on the H100 at every benchmark shape (BENCHMARKS.md).
 
 The reference this is tested against is ``ssmjax.ops.linear_recurrence(...,
 implementation="sequential")``.
@@ -371,6 +372,26 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 # ----------------------------------------------------------------------------------------
 
 
+MOSAIC_MIN_PROGRAMS = 64  # the fewest Mosaic programs measured faster than Triton
+
+
+def auto_layout(batch: int, d: int, interpret: bool, options: dict) -> str:
+    """The kernel family of ``layout=None``: ``"mosaic"`` or ``"channel"`` (Triton).
+
+    Mosaic on a compute capability 9.0 GPU when no Triton launch option is given (``options``:
+    ``block_d``, ``unroll``, ``num_warps``, ``chunks`` as passed, ``num_stages`` other than
+    1), the flattened state size is a multiple of 128 and the single-pass grid has at least
+    ``MOSAIC_MIN_PROGRAMS`` programs of 128 channels: on the H100 it beat the Triton kernels
+    at 64 and 128 programs (BENCHMARKS.md); with fewer, the Triton two-pass scan spreads the
+    sequence over more programs. Otherwise (interpret mode included) Triton.
+    """
+    if interpret or any(v is not None for v in options.values()):
+        return "channel"
+    if batch * (d // MOSAIC_BLOCK_D) < MOSAIC_MIN_PROGRAMS:
+        return "channel"
+    return "mosaic" if mosaic_supported(d, 8, 1, interpret) is None else "channel"
+
+
 def default_chunks(batch: int, blocks: int, length: int) -> int:
     """Time chunks of the two-pass scan for a ``(batch, blocks)`` single-pass grid.
 
@@ -435,7 +456,7 @@ def _run_planes(
     num_warps: int | None,
     num_stages: int,
     chunks: int | None,
-    layout: str = "channel",
+    layout: str | None = None,
 ) -> tuple:
     """Validates, flattens and pads the planes, runs the kernel; returns the ``h`` planes
     in ``b``'s shape. ``ap``/``bp``/``h0p`` are tuples of 1 (real) or 2 (complex) planes."""
@@ -469,13 +490,18 @@ def _run_planes(
             raise ValueError(f"h0 must have shape {(batch, *state_shape)}; got {x.shape}")
     h0p = _each(lambda x: x.astype(_F32), h0p)
 
+    if layout is None:
+        options = dict(block_d=block_d, unroll=unroll, num_warps=num_warps, chunks=chunks)
+        options["num_stages"] = None if num_stages == 1 else num_stages
+        layout = auto_layout(batch, d, interpret, options)
     if layout not in ("channel", "mosaic"):
         raise NotImplementedError(f"linear_scan: layout={layout!r}")
     mosaic = layout == "mosaic"
     if mosaic:
         unroll = unroll or 8
         chunks = 1 if chunks is None else chunks
-        why = mosaic_supported(d, unroll, chunks, interpret)
+        # The channels are zero-padded to whole 128-channel programs (as for Triton blocks).
+        why = mosaic_supported(-(-d // MOSAIC_BLOCK_D) * MOSAIC_BLOCK_D, unroll, chunks, interpret)
         if why:
             raise NotImplementedError(f"linear_scan: layout='mosaic': {why}")
     bd = MOSAIC_BLOCK_D if mosaic else (block_d or _default_block_d(batch, d))
@@ -529,9 +555,9 @@ def linear_scan(
     num_warps: int | None = None,
     num_stages: int = 1,
     chunks: int | None = None,
-    layout: str = "channel",
+    layout: str | None = None,
 ):
-    """``h_t = a_t * h_{t-1} + b_t`` along axis 1 by a Pallas-Triton kernel (differentiable).
+    """``h_t = a_t * h_{t-1} + b_t`` along axis 1 by a Pallas kernel (differentiable).
 
     Complex inputs are split into real and imaginary planes here and ``h`` is merged back
     (XLA copies of every sequence-sized array); :func:`linear_scan_planes` takes and returns
@@ -560,14 +586,15 @@ def linear_scan(
         chunk rescanned from its true start; ``a`` and ``b`` are read twice). For few
         programs (small ``batch * d``, e.g. inference prefill). Must divide ``l``; 1 is
         the single-pass kernel. Default: :func:`default_chunks`.
-      layout: ``"channel"`` (default): the Pallas-Triton kernels above. ``"mosaic"``: Pallas
-        Mosaic GPU kernels, one channel per thread of a 128-thread warpgroup, the sequences
-        staged by TMA into shared memory 32-step tiles ahead
-        (:mod:`pallas_kernels._linear_scan_mosaic`); compute capability 9.0 GPUs, a
-        flattened state size that is a multiple of 128, single pass (``chunks`` 1),
-        ``unroll`` (default 8 here) dividing 32; ``block_d``/``num_warps``/``num_stages``
-        do not apply. Tested in interpret mode and by its CUDA lowering, not yet timed on
-        a GPU, so opt-in.
+      layout: ``None`` (default): :func:`auto_layout` (``"mosaic"`` on an H100/H200 when
+        none of the launch options above is given, the flattened state size is a multiple
+        of 128 and ``batch * d / 128 >= 64``; else ``"channel"``). ``"channel"``: the
+        Pallas-Triton kernels above. ``"mosaic"``: Pallas Mosaic GPU kernels, one channel
+        per thread of a 128-thread warpgroup, the sequences staged by TMA into shared
+        memory 32-step tiles ahead (:mod:`pallas_kernels._linear_scan_mosaic`); compute
+        capability 9.0 GPUs, single pass (``chunks`` 1), ``unroll`` (default 8 here)
+        dividing 32; the flattened state is zero-padded to a multiple of 128;
+        ``block_d``/``num_warps``/``num_stages`` do not apply.
 
     Returns:
       ``h`` of shape ``b.shape`` in ``b``'s dtype (fp32 carry for bf16 inputs); with
@@ -620,7 +647,7 @@ def linear_scan_planes(
     num_warps: int | None = None,
     num_stages: int = 1,
     chunks: int | None = None,
-    layout: str = "channel",
+    layout: str | None = None,
 ):
     """The complex recurrence of :func:`linear_scan` on real and imaginary planes.
 

@@ -286,26 +286,28 @@ def _run_bwd(cfg: _Config, p: _Inputs, ckpt, dy, dh):
         outs[i_dA] = jnp.swapaxes(outs[i_dA], 1, 2)
     dx, ddt = outs.pop(0), outs.pop(0)
     dz = outs.pop(0) if cfg.has_z else None
-    if bfly:
-        dBC = _unpermute_butterfly(cfg, outs.pop(0), n)
-        dB_part, dC_part = dBC[..., :n], dBC[..., n:]
+
+    def block_sum(v):  # (b, n_blocks, l, k) -> (b, g, l, k): the channel blocks of a group
+        return v.reshape(b, cfg.groups, n_blocks // cfg.groups, length, v.shape[-1]).sum(2)
+
+    if bfly:  # summed over the blocks first: the permutation then moves 1 / n_blocks of it
+        dBC = _unpermute_butterfly(cfg, block_sum(outs.pop(0)), n)
+        dB, dC = dBC[..., :n], dBC[..., n:]
     else:
-        dB_part, dC_part = outs.pop(0), outs.pop(0)
+        dB, dC = block_sum(outs.pop(0)), block_sum(outs.pop(0))
     dA_part = outs.pop(0)
     dD = outs.pop(0).sum(0) if cfg.has_D else None
     dbias = outs.pop(0).sum(0) if cfg.has_bias else None
     dh0 = outs.pop(0)
 
-    def reduce_part(v):  # (b, n_blocks, l, n) -> (b, l, g, n)
-        v = v.reshape(b, cfg.groups, n_blocks // cfg.groups, length, n).sum(2)
-        return jnp.transpose(v, (0, 2, 1, 3))
+    to_blgn = lambda v: jnp.transpose(v, (0, 2, 1, 3))  # (b, g, l, n) -> (b, l, g, n)
 
     return _Inputs(
         x=dx,
         dt=ddt,
         A=dA_part.sum(0),
-        B=reduce_part(dB_part),
-        C=reduce_part(dC_part),
+        B=to_blgn(dB),
+        C=to_blgn(dC),
         D=dD,
         z=dz,
         dt_bias=dbias,

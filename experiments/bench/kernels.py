@@ -350,15 +350,19 @@ def bench_ss(b, length, d, n, dtype, repeats, impls):
 # ----------------------------------------------------------------------------------------
 
 
-def check(skip_linear=False):
+LINEAR_FORMS = ("time-varying", "time-invariant", "two-pass", "mosaic-tv", "mosaic-ti")
+
+
+def check(skip_linear=False, linear_forms=LINEAR_FORMS, skip_ss=False):
+    """On-device correctness cases; ``linear_forms``: a subset of ``LINEAR_FORMS`` (the
+    ``mosaic-*`` forms run ``layout="mosaic"`` on 256 channels, Hopper only)."""
     ok = True
-    linear_cases = itertools.product(
-        ("float32", "complex64", "bfloat16"),
-        (1, 33, 1000),
-        (False, True),
-        ((5, 3),),
-        ("time-varying", "time-invariant", "two-pass"),
-    )
+    linear_cases = [
+        (dtype, length, rev, (4, 64) if form.startswith("mosaic") else (5, 3), form)
+        for dtype, length, rev, form in itertools.product(
+            ("float32", "complex64", "bfloat16"), (1, 33, 1000), (False, True), linear_forms
+        )
+    ]
     if skip_linear:
         linear_cases = ()
     else:
@@ -368,14 +372,15 @@ def check(skip_linear=False):
             continue
         shape = (2, length, *state)
         a, b, ct = scan_inputs(shape, dtype, seed=length)
-        if form == "time-invariant":
+        if form in ("time-invariant", "mosaic-ti"):
             a = a[0, 0]
         chunks = {33: 3, 1000: 8}.get(length, 1) if form == "two-pass" else 1
+        layout = "mosaic" if form.startswith("mosaic") else "channel"
         h0 = jnp.ones((2, *state), jnp.complex64 if dtype == "complex64" else jnp.float32) * 0.3
 
-        def run(impl, a, b, h0, rev=rev, chunks=chunks):
+        def run(impl, a, b, h0, rev=rev, chunks=chunks, layout=layout):
             if impl == "pallas":
-                return linear_scan(a, b, h0, reverse=rev, chunks=chunks)
+                return linear_scan(a, b, h0, reverse=rev, chunks=chunks, layout=layout)
             return linear_recurrence(a, b, h0, reverse=rev, implementation="sequential")
 
         outs = {}
@@ -389,9 +394,12 @@ def check(skip_linear=False):
         good = e_f < tol and e_g < 10 * tol
         ok &= good
         print(
-            f"  {dtype:<9} l={length:<5} rev={rev!s:<5} s={state} {form:<14}: "
+            f"  {dtype:<9} l={length:<5} rev={rev!s:<5} s={state!s:<7} {form:<14}: "
             f"{e_f:.1e} / {e_g:.1e} " + ("ok" if good else "FAIL")
         )
+    if skip_ss:
+        print(f"\nchecks: {'ALL OK' if ok else 'SOME FAILED'}", flush=True)
+        return ok
     print("\n## selective_scan checks (vs sequential; rel L2 y / final state / max over grads)")
     # d = 512: every group of g <= 4 is a whole 128-channel block, so on an H100 the
     # automatic forward is the Mosaic GPU kernel in every case but n = 2 (Triton there).
@@ -521,7 +529,12 @@ def main(argv=None):
     )
     parser.add_argument("--hbm-tbps", type=float, default=3.35, help="HBM TB/s for the floor")
     parser.add_argument("--ss-d", type=int, default=4096, help="d of the selective_scan table")
-    parser.add_argument("--skip-ss", action="store_true", help="linear tables only")
+    parser.add_argument("--skip-ss", action="store_true", help="linear tables and checks only")
+    parser.add_argument(
+        "--linear-forms",
+        default=",".join(LINEAR_FORMS),
+        help="comma-separated linear_scan check forms: " + ", ".join(LINEAR_FORMS),
+    )
     parser.add_argument(
         "--scan-impls",
         default="pallas,associative,chunked",
@@ -538,7 +551,7 @@ def main(argv=None):
     print(header("python -m experiments.bench.kernels " + " ".join(argv or sys.argv[1:])))
     start = time.perf_counter()
     if args.check:
-        check(args.skip_linear)
+        check(args.skip_linear, args.linear_forms.split(","), args.skip_ss)
     if not args.no_bench:
         bench(args)
     if args.sweep:

@@ -5,6 +5,7 @@ Each model is built once per implementation (same seed, same parameters), one ji
 are compared across implementations in the same run. Run::
 
     python -m experiments.bench.train_step [--quick] [--mamba-variants OPTS,OPTS]
+        [--s5-variants OPTS,OPTS]
 """
 
 import argparse
@@ -47,21 +48,30 @@ def cls_loss(model, batch):
 
 @contextlib.contextmanager
 def kernel_defaults(spec: str):
-    """Within the block, the fused selective_scan kernel runs with the options of ``spec``
+    """Within the block, the Pallas kernels run with the options of ``spec``
     (``"layout=split+bwd_layout=split"``, as in ``kernels.py``'s ``pallas:`` rows) on top of
-    its defaults: how a ``"pallas:<options>"`` row times a kernel variant end to end."""
+    their defaults: how a ``"pallas:<options>"`` row times a kernel variant end to end. The
+    Mamba model's rows patch the fused selective_scan, the S5 rows ``linear_scan`` (the
+    ``spec`` is prefixed ``ls.`` there)."""
     if not spec:
         yield
         return
-    import pallas_kernels.selective_scan as module
+    import pallas_kernels.linear_scan as ls_module
+    import pallas_kernels.selective_scan as ss_module
     from experiments.bench.kernels import kernel_options
 
-    original = module.selective_scan
-    module.selective_scan = functools.partial(original, **kernel_options(spec))
+    if spec.startswith("ls."):
+        module, names, spec = ls_module, ("linear_scan", "linear_scan_planes"), spec[3:]
+    else:
+        module, names = ss_module, ("selective_scan",)
+    originals = {name: getattr(module, name) for name in names}
+    for name, fn in originals.items():
+        setattr(module, name, functools.partial(fn, **kernel_options(spec)))
     try:
         yield
     finally:
-        module.selective_scan = original
+        for name, fn in originals.items():
+            setattr(module, name, fn)
 
 
 def bench(name, build, loss_fn, batch, impls):
@@ -97,6 +107,12 @@ def main(argv=None):
         default="",
         help="comma-separated selective_scan kernel options, each an extra Mamba row "
         "'pallas:<options>' (e.g. layout=split+bwd_layout=split)",
+    )
+    parser.add_argument(
+        "--s5-variants",
+        default="",
+        help="comma-separated linear_scan kernel options, each an extra S5 row "
+        "'pallas:ls.<options>' (e.g. layout=mosaic)",
     )
     args = parser.parse_args(argv)
     print(header("python -m experiments.bench.train_step " + " ".join(argv or sys.argv[1:])))
@@ -155,7 +171,7 @@ def main(argv=None):
         build_s5,
         cls_loss,
         (x, y),
-        extra + xla_s5,
+        extra + [f"pallas:ls.{v}" for v in filter(None, args.s5_variants.split(","))] + xla_s5,
     )
     print(table(rows, ["model", "impl", "step ms", "best XLA / this", "first loss", "note"]))
 

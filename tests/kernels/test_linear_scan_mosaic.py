@@ -69,6 +69,10 @@ CASES = {
     "c64-l161-shared": ("complex64", 161, False, "shared", (128,), None),
     "bf16-l37-full-rev": ("bfloat16", 37, True, "full", (128,), None),
     "bf16-l64-shared": ("bfloat16", 64, False, "shared", (128,), None),
+    # state sizes that are not whole programs: zero-padded to 128 / 256 channels
+    "fp32-l37-full-3x40": ("float32", 37, False, "full", (3, 40), None),
+    "c64-l70-perseq-rev-192": ("complex64", 70, True, "per_seq", (192,), None),
+    "c64-l33-shared-64": ("complex64", 33, False, "shared", (64,), None),
 }
 
 
@@ -184,6 +188,7 @@ LOWERINGS = {
     "c64-shared-rev-odd": ("complex64", (8, 1001, 1024), "shared", True),
     "c64-perseq": ("complex64", (8, 4096, 1024), "per_seq", False),
     "bf16-full-odd": ("bfloat16", (8, 1001, 2048), "full", False),
+    "c64-shared-192-padded": ("complex64", (32, 1024, 192), "shared", False),
 }
 
 
@@ -213,12 +218,12 @@ def test_lowers_to_mosaic_gpu(hopper, dtype, shape, form, reverse):
 
 
 # ----------------------------------------------------------------------------------------
-# The default layout is Triton
+# The automatic choice (layout=None)
 # ----------------------------------------------------------------------------------------
 
 
 def test_default_is_triton_in_interpret_mode(rng):
-    """No ``layout``: the Triton kernels (interpreted), with the Mosaic layout's values."""
+    """No ``layout``, interpreted: the Triton kernels, with the Mosaic layout's values."""
     a, b, h0, _ = _inputs(rng, "float32", 37, "full", (128,))
     f = lambda a, b, h0, **kw: linear_scan(a, b, h0, interpret=True, **kw)
     loss = lambda a, b, h0, **kw: jnp.sum(f(a, b, h0, **kw) ** 2)
@@ -231,14 +236,80 @@ def test_default_is_triton_in_interpret_mode(rng):
     assert_allclose(f(a, b, h0), f(a, b, h0, layout="mosaic"), n=37)
 
 
-def test_default_is_triton_on_hopper(hopper):
-    """No ``layout``, on "Hopper", at a shape the Mosaic kernels take: Triton kernels."""
-    args = shapes(jnp.float32, 8, 4096, 2048, "full")
+AUTO_MOSAIC = {
+    # dtype, (batch, l, d), a form: 64 or more programs of 128 channels
+    "fp32-full": ("float32", (8, 4096, 2048), "full"),
+    "c64-full-64-programs": ("complex64", (8, 1001, 1024), "full"),
+    "c64-shared": ("complex64", (8, 4096, 1024), "shared"),
+    "bf16-perseq": ("bfloat16", (4, 300, 2048), "per_seq"),
+}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "form"), list(AUTO_MOSAIC.values()), ids=list(AUTO_MOSAIC)
+)
+def test_auto_is_mosaic_on_hopper(hopper, dtype, shape, form):
+    """No ``layout``, on "Hopper", at shapes the Mosaic kernels take: Mosaic kernels only."""
+    args = shapes(jnp.dtype(dtype), *shape, form)
     f = lambda a, b, h0: linear_scan(a, b, h0)
     text = lowered(f, *args)
+    assert text.count(MOSAIC) == 1 and TRITON not in text
+    loss = lambda *x: jnp.sum(jnp.abs(f(*x).astype(jnp.complex64)) ** 2)
+    text = lowered(jax.grad(loss, argnums=(0, 1, 2)), *args)
+    assert text.count(MOSAIC) == 2 and TRITON not in text
+
+
+def test_auto_planes_are_mosaic_on_hopper(hopper):
+    """``linear_scan_planes`` (the S5/LRU path) at an S5 shape: Mosaic."""
+    sds = jax.ShapeDtypeStruct
+    a = (sds((1024,), jnp.float32),) * 2
+    b = (sds((8, 4096, 1024), jnp.float32),) * 2
+    text = lowered(lambda a, b: linear_scan_planes(a, b), a, b)
+    assert text.count(MOSAIC) == 1 and TRITON not in text
+
+
+AUTO_TRITON = {
+    # dtype, (batch, l, d), a form, options
+    "32-programs": ("float32", (2, 4096, 2048), "full", {}),
+    "d-not-128": ("float32", (64, 512, 200), "full", {}),
+    "s5-192": ("complex64", (32, 1024, 192), "shared", {}),
+    "block_d": ("float32", (8, 4096, 2048), "full", {"block_d": 64}),
+    "unroll": ("float32", (8, 4096, 2048), "full", {"unroll": 8}),
+    "num_warps": ("complex64", (8, 4096, 1024), "shared", {"num_warps": 2}),
+    "num_stages": ("float32", (8, 4096, 2048), "full", {"num_stages": 2}),
+    "chunks": ("float32", (8, 4096, 2048), "full", {"chunks": 1}),
+}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "form", "opts"), list(AUTO_TRITON.values()), ids=list(AUTO_TRITON)
+)
+def test_auto_falls_back_to_triton(hopper, dtype, shape, form, opts):
+    """No ``layout``, on "Hopper": Triton for few programs, other state sizes, and any
+    Triton launch option."""
+    args = shapes(jnp.dtype(dtype), *shape, form)
+    text = lowered(lambda a, b, h0: linear_scan(a, b, h0, **opts), *args)
     assert MOSAIC not in text and TRITON in text
-    text = lowered(jax.grad(lambda *x: jnp.sum(f(*x) ** 2), argnums=(0, 1, 2)), *args)
+
+
+def test_auto_off_hopper_is_triton(monkeypatch):
+    """Compiled (not interpret) for a device that is not Hopper: Triton."""
+    monkeypatch.setattr(ls, "check_backend", lambda *a: None)
+    assert not lm.on_hopper()
+    assert ls.auto_layout(8, 2048, False, {}) == "channel"
+    args = shapes(jnp.float32, 8, 4096, 2048, "full")
+    text = lowered(lambda a, b, h0: linear_scan(a, b, h0), *args)
     assert MOSAIC not in text and TRITON in text
+
+
+def test_auto_layout_rule(monkeypatch):
+    monkeypatch.setattr(lm, "on_hopper", lambda: True)
+    assert ls.auto_layout(8, 1024, False, {}) == "mosaic"  # 64 programs
+    assert ls.auto_layout(1, 8192, False, {"block_d": None}) == "mosaic"
+    assert ls.auto_layout(7, 1024, False, {}) == "channel"  # 56 programs
+    assert ls.auto_layout(8, 1000, False, {}) == "channel"
+    assert ls.auto_layout(8, 1024, True, {}) == "channel"
+    assert ls.auto_layout(8, 1024, False, {"chunks": 1}) == "channel"
 
 
 # ----------------------------------------------------------------------------------------
@@ -248,8 +319,6 @@ def test_default_is_triton_on_hopper(hopper):
 
 ERRORS = {
     # state shape, length, options, match
-    "d64": ((64,), 5, {}, "64 is not a multiple of 128"),
-    "d120": ((3, 40), 5, {}, "120 is not a multiple of 128"),
     "chunks2": ((128,), 64, {"chunks": 2}, r"\(chunks > 1\) scan is Triton only"),
     "unroll3": ((128,), 5, {"unroll": 3}, "unroll=3 does not divide"),
     "unroll64": ((128,), 5, {"unroll": 64}, "unroll=64 does not divide"),
