@@ -15,10 +15,8 @@ program and its gradient is summed in registers.
 
 Lengths that are not whole tiles are padded on the side the forward scans last (the end, or
 the start when ``reverse``): the forward's outputs there are dropped, and the backward meets
-them first with ``dh = 0`` and ``c = 0``, so they contribute nothing.
-
-Each group of ``unroll`` rows is read from shared memory before its chain of multiply-adds:
-with one warp per SM quarter nothing else hides a load's latency.
+them first with ``dh = 0`` and ``c = 0``, so they contribute nothing. The default on Hopper
+where it runs (``pallas_kernels.linear_scan.auto_layout``).
 """
 
 from __future__ import annotations
@@ -104,16 +102,12 @@ def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
 
     def tile_body(tile, slot, h):
         def group(i, h):
-            # The group's rows are all read from shared memory before its chain of
-            # multiply-adds (one warp per SM quarter: nothing else hides a load's latency).
-            rows = []
+            h = list(h)
             for u in range(unroll):
                 j = i * unroll + u
                 t = TILE - 1 - j if reverse else j
                 a = a_lti or [ops.vec(s.at[slot, t]).astype(_F32) for s in a_slots]
-                rows.append((t, a, [ops.vec(s.at[slot, t]).astype(_F32) for s in b_slots]))
-            h = list(h)
-            for t, a, x in rows:
+                x = [ops.vec(s.at[slot, t]).astype(_F32) for s in b_slots]
                 h = _add(_mul(a, h), x)
                 for r, v in zip(h_refs, h, strict=True):
                     r[b, tile * TILE + t, cols] = v.astype(r.dtype)
@@ -158,13 +152,9 @@ def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
         edge = [ops.vec(r.at[b, edge_row, cols]).astype(_F32) for r in h_refs]
         edge = [e * (1.0 - f) + x0 * f for e, x0 in zip(edge, h0, strict=True)]
 
-        def load(t, h_prev):  # a row's staged values (read ahead of the adjoint's chain)
+        def row(t, h_prev, c, da_sum):
             a = a_lti or [ops.vec(s.at[slot, t]).astype(_F32) for s in a_slots]
-            return t, h_prev, a, [ops.vec(s.at[slot, t]).astype(_F32) for s in dh_slots]
-
-        def row(loaded, c, da_sum):
-            t, h_prev, a, dh = loaded
-            g = _add(dh, c)
+            g = _add([ops.vec(s.at[slot, t]).astype(_F32) for s in dh_slots], c)
             da = _mul(g, h_prev, conj=True)
             for r, v in zip(g_refs, g, strict=True):
                 r[b, start + t, cols] = v.astype(r.dtype)
@@ -178,24 +168,26 @@ def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
         def t_of(j):
             return j if reverse else TILE - 1 - j
 
-        def h_prev_of(t):
-            return [ops.vec(s.at[slot, t + step]).astype(_F32) for s in h_slots]
-
         def group(i, carry):
             c, da_sum = list(carry[0]), carry[1]
-            loaded = [load(t, h_prev_of(t)) for t in (t_of(i * unroll + u) for u in range(unroll))]
-            for one in loaded:
-                c, da_sum = row(one, c, da_sum)
+            for u in range(unroll):
+                t = t_of(i * unroll + u)
+                h_prev = [ops.vec(s.at[slot, t + step]).astype(_F32) for s in h_slots]
+                c, da_sum = row(t, h_prev, c, da_sum)
             return tuple(c), da_sum
 
         # All groups but the last read h_prev from the tile; the last group's last row
         # (the tile's edge) takes it from the neighbour row loaded above.
         carry = lax.fori_loop(0, TILE // unroll - 1, group, (tuple(c), da_sum))
         c, da_sum = list(carry[0]), carry[1]
-        last = [t_of(j) for j in range(TILE - unroll, TILE)]
-        loaded = [load(t, h_prev_of(t)) for t in last[:-1]] + [load(last[-1], edge)]
-        for one in loaded:
-            c, da_sum = row(one, c, da_sum)
+        for u in range(unroll):
+            j = TILE - unroll + u
+            t = t_of(j)
+            if j == TILE - 1:
+                h_prev = edge
+            else:
+                h_prev = [ops.vec(s.at[slot, t + step]).astype(_F32) for s in h_slots]
+            c, da_sum = row(t, h_prev, c, da_sum)
         return tuple(c), da_sum
 
     zeros = [h * 0.0 for h in h0]  # the adjoint's start (in the registers' layout)
