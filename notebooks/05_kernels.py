@@ -22,7 +22,8 @@
 # * `"associative"` — `lax.associative_scan`, `O(log L)` depth;
 # * `"chunked"` — a scan over chunks with a parallel form inside;
 # * `"pallas"` — a fused GPU kernel (Pallas, Triton lowering; Ampere or newer; on H100/H200
-#   the selective-scan forward uses the Mosaic GPU lowering, inputs staged by TMA).
+#   the linear scan and the selective-scan forward use the Mosaic GPU lowering, inputs
+#   staged by TMA).
 #
 # `implementation=None` picks automatically and never an interpreted kernel. This notebook
 # times the implementations of `linear_recurrence` (`h_t = a_t h_{t-1} + b_t`, the scan
