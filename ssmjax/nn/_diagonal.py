@@ -71,7 +71,16 @@ class DiagonalSSM(nnx.Module):
     # -- the one interface ------------------------------------------------------------------
 
     def init_state(self, batch_size: int) -> jax.Array:
-        """Zero state ``(batch_size, *state_shape)``, complex64."""
+        """Zero state ``(batch_size, *state_shape)``, complex64.
+
+        Raises:
+          ValueError: for a bidirectional layer (it has no recurrent state).
+        """
+        if self.bidirectional:
+            raise ValueError(
+                f"{type(self).__name__}: a bidirectional layer has no recurrent state; "
+                "use bidirectional=False for streaming or decoding"
+            )
         return jnp.zeros((batch_size, *self.state_shape()), jnp.complex64)
 
     def __call__(

@@ -244,7 +244,16 @@ class S4(nnx.Module):
         return (self.d_model, self.d_state // 2)
 
     def init_state(self, batch_size: int) -> jax.Array:
-        """Zero state ``(batch_size, d_model, d_state/2)``, complex64."""
+        """Zero state ``(batch_size, d_model, d_state/2)``, complex64.
+
+        Raises:
+          ValueError: for a bidirectional layer (it has no recurrent state).
+        """
+        if self.bidirectional:
+            raise ValueError(
+                f"{type(self).__name__}: a bidirectional layer has no recurrent state; "
+                "use bidirectional=False for streaming or decoding"
+            )
         return jnp.zeros((batch_size, *self.state_shape()), jnp.complex64)
 
     def __call__(

@@ -108,4 +108,6 @@ def test_bad_inputs_raise_clear_errors(name):
         layer(jnp.ones((2, 5, D_MODEL)), state=jnp.zeros((3, 1), jnp.complex64))
     bidir = build(name, bidirectional=True)
     with pytest.raises(ValueError, match="bidirectional"):
-        bidir.step(jnp.ones((2, D_MODEL)), bidir.init_state(2))
+        bidir.init_state(2)
+    with pytest.raises(ValueError, match="bidirectional"):
+        bidir.step(jnp.ones((2, D_MODEL)), layer.init_state(2))
