@@ -43,7 +43,7 @@ def check_backend(interpret: bool, name: str) -> None:
     """Raises ``NotImplementedError`` when the compiled kernel cannot run here."""
     if not interpret and jax.default_backend() != "gpu":
         raise NotImplementedError(
-            f"{name}: the compiled Pallas kernels need a GPU (use interpret=True)"
+            f"{name}: the compiled Pallas kernel needs a GPU (use interpret=True)"
         )
 
 
