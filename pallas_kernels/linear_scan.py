@@ -45,7 +45,8 @@ Design (one kernel forward, one fused kernel backward):
   :func:`auto_layout`): the single-pass forward and backward as Pallas Mosaic GPU kernels
   with the sequences staged by TMA into shared memory
   (:mod:`pallas_kernels._linear_scan_mosaic`), for the latency limit of the Triton kernels.
-  Same semantics and tests. Faster on the H100 at every benchmark shape (BENCHMARKS.md).
+  Same semantics and tests. Forward+backward faster on the H100 at every benchmark shape
+  (BENCHMARKS.md; the forward alone varies between runs).
 
 The reference this is tested against is ``ssmjax.ops.linear_recurrence(...,
 implementation="sequential")``.
