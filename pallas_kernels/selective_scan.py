@@ -447,8 +447,8 @@ def selective_scan(
     ``bwd_layout="split"``, 16 channels on 1 warp per program, ``bwd_unroll=4`` at ``n =
     16``; ``fast_math``. At (8, 4096, 4096, 16) bf16 with z, D, dt_bias and softplus
     (``experiments/bench/kernels.py``, BENCHMARKS.md, H100): the Mosaic forward 1.115 ms
-    against 1.797 ms for the Triton channel forward, forward+backward 7.45 against 8.35
-    ms (same run). For ``n < 4`` the backward is ``"channel"`` too.
+    against 1.797 ms for the Triton channel forward (same run); forward+backward 6.40-6.58
+    ms in two later runs. For ``n < 4`` the backward is ``"channel"`` too.
 
     Args:
       x, dt, z: ``(b, l, d)``, float32 or bfloat16 (``z`` optional).

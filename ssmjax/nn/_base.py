@@ -54,6 +54,16 @@ class SkipParam(nnx.Param):
     """The feed-through ``D``: a regular parameter by default, typed for the same reason."""
 
 
+def check_has_state(layer: str, bidirectional: bool, what: str) -> None:
+    """Raises a clear ``ValueError`` when a bidirectional layer is asked to ``what`` (take,
+    return or start a recurrent state, or step): it has no recurrent state."""
+    if bidirectional:
+        raise ValueError(
+            f"{layer}: a bidirectional layer has no recurrent state, so it cannot {what}; "
+            "use bidirectional=False for streaming or decoding"
+        )
+
+
 def check_sequence(layer: str, x: jax.Array, d_model: int, mask: jax.Array | None) -> None:
     """Raises a clear ``ValueError`` for inputs that are not ``(b, l, d_model)`` + ``(b, l)``."""
     if x.ndim != 3 or x.shape[-1] != d_model:

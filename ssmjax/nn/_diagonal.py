@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssmjax.nn._base import apply_mask, check_sequence, skip_masked
+from ssmjax.nn._base import apply_mask, check_has_state, check_sequence, skip_masked
 from ssmjax.ops.scan import linear_recurrence, linear_recurrence_planes, pallas_first
 
 __all__ = ["DiagonalSSM"]
@@ -76,11 +76,7 @@ class DiagonalSSM(nnx.Module):
         Raises:
           ValueError: for a bidirectional layer (it has no recurrent state).
         """
-        if self.bidirectional:
-            raise ValueError(
-                f"{type(self).__name__}: a bidirectional layer has no recurrent state; "
-                "use bidirectional=False for streaming or decoding"
-            )
+        check_has_state(type(self).__name__, self.bidirectional, "init_state")
         return jnp.zeros((batch_size, *self.state_shape()), jnp.complex64)
 
     def __call__(
@@ -106,8 +102,8 @@ class DiagonalSSM(nnx.Module):
         """
         name = type(self).__name__
         check_sequence(name, x, self.d_model, mask)
-        if self.bidirectional and (state is not None or return_state):
-            raise ValueError(f"{name}: a bidirectional layer has no recurrent state")
+        if state is not None or return_state:
+            check_has_state(name, self.bidirectional, "take or return a state")
         lambda_bar, b_bar, cs, d, scale = self.discretize()
         if state is not None:
             expected = (x.shape[0], *self.state_shape())
@@ -156,8 +152,7 @@ class DiagonalSSM(nnx.Module):
         Returns:
           ``(y_t, state)``: ``(b, d_model)`` output in ``x_t.dtype`` and the new state.
         """
-        if self.bidirectional:
-            raise ValueError(f"{type(self).__name__}: a bidirectional layer cannot step")
+        check_has_state(type(self).__name__, self.bidirectional, "step")
         lambda_bar, b_bar, cs, d, scale = self.discretize()
         bu = self.project_in(x_t[:, None], b_bar)[:, 0]
         state = lambda_bar[None] * state + bu

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssmjax.nn._base import apply_mask, check_sequence
+from ssmjax.nn._base import apply_mask, check_has_state, check_sequence
 from ssmjax.ops.conv1d import causal_conv1d
 
 __all__ = [
@@ -278,11 +278,7 @@ class SelectiveLayer(nnx.Module):
         return state
 
     def _no_state(self, name: str, what: str) -> None:
-        if self.bidirectional:
-            raise ValueError(
-                f"{name}: a bidirectional layer has no recurrent state, so it cannot {what}; "
-                "use bidirectional=False for streaming or decoding"
-            )
+        check_has_state(name, self.bidirectional, what)
 
     def init_state(self, batch_size: int) -> SelectiveState:
         """Zero state (start of a sequence): a :class:`SelectiveState`, float32.

@@ -15,6 +15,7 @@ from ssmjax.nn._base import (
     SSMParam,
     SSMStepParam,
     apply_mask,
+    check_has_state,
     check_sequence,
     register_layer,
 )
@@ -249,11 +250,7 @@ class S4(nnx.Module):
         Raises:
           ValueError: for a bidirectional layer (it has no recurrent state).
         """
-        if self.bidirectional:
-            raise ValueError(
-                f"{type(self).__name__}: a bidirectional layer has no recurrent state; "
-                "use bidirectional=False for streaming or decoding"
-            )
+        check_has_state(type(self).__name__, self.bidirectional, "init_state")
         return jnp.zeros((batch_size, *self.state_shape()), jnp.complex64)
 
     def __call__(
@@ -277,8 +274,8 @@ class S4(nnx.Module):
         """
         name = type(self).__name__
         check_sequence(name, x, self.d_model, mask)
-        if self.bidirectional and (state is not None or return_state):
-            raise ValueError(f"{name}: a bidirectional layer has no recurrent state")
+        if state is not None or return_state:
+            check_has_state(name, self.bidirectional, "take or return a state")
         if state is None and not return_state:
             k = self.kernel(x.shape[1])
             return conv_forward(x, mask, k, self.D[...], bidirectional=self.bidirectional)
@@ -320,8 +317,7 @@ class S4(nnx.Module):
         Returns:
           ``(y_t, state)``: ``(b, d_model)`` output in ``x_t.dtype`` and the new state.
         """
-        if self.bidirectional:
-            raise ValueError(f"{type(self).__name__}: a bidirectional layer cannot step")
+        check_has_state(type(self).__name__, self.bidirectional, "step")
         rec = self.recurrent() if params is None else params
         u = x_t.astype(jnp.float32)
         state = dplr_step(rec.step, state, u)
