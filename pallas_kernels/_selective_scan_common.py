@@ -44,6 +44,8 @@ class _Config(NamedTuple):
     ckpt_late: bool = False  # channel/split forward: checkpoint after the step before it
     tile: int = 32  # mosaic forward: steps per TMA tile
     stages: int = 3  # mosaic forward: tiles in flight
+    bwd_stages: int = 2  # mosaic backward: tiles in flight
+    bwd_sub: int = 2  # mosaic backward: steps per recomputed sub-tile (held in registers)
 
 
 class _Inputs(NamedTuple):
@@ -227,4 +229,4 @@ def unpack_bf16_pair(w):
 def _ckpt_channel(cfg: _Config) -> bool:
     """Whether the forward writes the checkpoints as ``(b, n_ckpt, n, d)`` (else ``d, n``)."""
     forward = cfg.layout in (*CHANNEL_LAYOUTS, "mosaic")
-    return forward and cfg.bwd_layout in CHANNEL_LAYOUTS
+    return forward and cfg.bwd_layout in (*CHANNEL_LAYOUTS, "mosaic")

@@ -161,7 +161,7 @@ def supported(cfg: _Config, p: _Inputs) -> str | None:
     for u in (cfg.unroll, cfg.ckpt_every):
         if cfg.tile % u:
             return f"unroll {u} does not divide mosaic_tile={cfg.tile}"
-    if cfg.bwd_layout not in ("channel", "split"):
+    if cfg.bwd_layout not in ("channel", "split", "mosaic"):
         return "its checkpoints are in the channel layouts' (n, d) order"
     if smem_bytes(cfg, p) > SMEM_BYTES:
         return f"{smem_bytes(cfg, p)} bytes of staged tiles exceed {SMEM_BYTES}"

@@ -41,8 +41,13 @@ Two register layouts (``layout=`` for the forward, ``bwd_layout=`` for the backw
   one warpgroup) as a Pallas **Mosaic GPU** kernel: ``x``, ``dt``, ``z`` and ``B``/``C`` are
   staged by TMA into shared memory ``mosaic_stages`` tiles of ``mosaic_tile`` steps ahead,
   so nothing is prefetched through registers (:mod:`pallas_kernels._selective_scan_mosaic`).
-  Forward only (its checkpoints feed the ``"channel"``/``"split"`` Triton backward); compute
-  capability 9.0 GPUs. The default forward wherever it runs (``layout=None``).
+  Compute capability 9.0 GPUs. The default forward wherever it runs (``layout=None``).
+  As ``bwd_layout``: the Mosaic GPU backward
+  (:mod:`pallas_kernels._selective_scan_mosaic_bwd`): 16-step tiles staged by TMA, one
+  checkpoint per tile, the states entering 2-step sub-tiles kept in shared memory and
+  recomputed into registers, ``dB``/``dC`` by inline warp shuffles and one partial per 128
+  channels. The default backward after the Mosaic forward where it runs (``4 <= n <= 16``)
+  and no Triton backward option is given; its checkpoints come from the Mosaic forward.
 
 bf16 ``B``/``C`` with even ``n`` are passed to the channel kernels as ``uint32`` words of two
 values (``pack_bc``; a shift and a bitcast unpack them), which halves their scalar loads and
@@ -57,7 +62,8 @@ extra batch rows; the kernel runs once from zero states for every chunk's end st
 associative scan over the chunks gives the true start states, and the kernel runs again
 from them (:func:`_run_fwd_two_pass`).
 
-Backward kernel: same grid, blocks last-first. Per block it reloads the checkpoint,
+Triton backward kernels (``"channel"``, ``"split"``, ``"state"``; the Mosaic backward is
+described in its module): same grid, blocks last-first. Per block it reloads the checkpoint,
 recomputes the block's ``bwd_unroll`` states and decays *in registers* (fully unrolled, so no
 state goes to HBM and no exp is recomputed twice), then runs the adjoint recurrence
 ``adj_t = C_t dy_t + exp(dt_{t+1} A) adj_{t+1}`` backwards through the block and writes
@@ -102,6 +108,9 @@ from pallas_kernels._selective_scan_kernels import (
 from pallas_kernels._selective_scan_mosaic import BLOCK_D as MOSAIC_BLOCK_D
 from pallas_kernels._selective_scan_mosaic import run_fwd_mosaic
 from pallas_kernels._selective_scan_mosaic import supported as mosaic_supported
+from pallas_kernels._selective_scan_mosaic_bwd import TILE as MOSAIC_BWD_TILE
+from pallas_kernels._selective_scan_mosaic_bwd import run_bwd_mosaic
+from pallas_kernels._selective_scan_mosaic_bwd import supported as mosaic_bwd_supported
 from pallas_kernels._selective_scan_split import (
     SPLIT_MASKS,
     _bwd_kernel_split,
@@ -370,6 +379,10 @@ def _scan_fwd(cfg: _Config, p: _Inputs):
 def _scan_bwd(cfg: _Config, residuals, cotangents):
     p, ckpt, h0 = residuals
     dy, dh = cotangents
+    if cfg.bwd_layout == "mosaic":
+        g = run_bwd_mosaic(cfg, p._replace(h0=h0), ckpt, dy, dh)
+        cast = lambda v, like: None if like is None else v.astype(like.dtype)
+        return (_Inputs(*(cast(gv, pv) for gv, pv in zip(g, p._replace(h0=h0), strict=True))),)
     if cfg.bwd_layout in CHANNEL_LAYOUTS and not _ckpt_channel(cfg):
         ckpt = jnp.swapaxes(ckpt, 2, 3)
     bwd_cfg = cfg._replace(
@@ -436,6 +449,8 @@ def selective_scan(
     ckpt_late: bool = False,
     mosaic_tile: int = 32,
     mosaic_stages: int = 3,
+    mosaic_bwd_stages: int = 2,
+    mosaic_bwd_sub: int = 2,
 ):
     """Mamba-1 selective scan by fused Pallas kernels (differentiable).
 
@@ -443,12 +458,14 @@ def selective_scan(
     warpgroup, 32-step tiles staged 3 deep by TMA) on compute capability 9.0 GPUs where it
     runs (``d / g`` a multiple of 128, ``n >= 4``, no Triton launch options given), else
     the Triton ``"channel"`` kernel (64 channels on 2 warps per program, ``unroll=4``, bf16
-    ``B``/``C`` packed in pairs and prefetched a block ahead); for ``n >= 4`` the backward is
+    ``B``/``C`` packed in pairs and prefetched a block ahead). After the Mosaic forward the
+    backward is the Mosaic one (``bwd_layout="mosaic"``, 16-step tiles) where it runs
+    (``n <= 16``, no Triton backward option); otherwise, for ``n >= 4``,
     ``bwd_layout="split"``, 16 channels on 1 warp per program, ``bwd_unroll=4`` at ``n =
-    16``; ``fast_math``. At (8, 4096, 4096, 16) bf16 with z, D, dt_bias and softplus
-    (``experiments/bench/kernels.py``, BENCHMARKS.md, H100): the Mosaic forward 1.115 ms
-    against 1.797 ms for the Triton channel forward (same run); forward+backward 6.40-6.58
-    ms in two later runs. For ``n < 4`` the backward is ``"channel"`` too.
+    16``; for ``n < 4`` ``"channel"``. ``fast_math``. At (8, 4096, 4096, 16) bf16 with z,
+    D, dt_bias and softplus (``experiments/bench/kernels.py``, BENCHMARKS.md, H100, one
+    run): forward 0.93 ms, forward+backward 5.06 ms with the Mosaic backward against 6.48
+    ms with the split one (``jax-linear-attention``'s Mamba-1 kernel: 0.98 / 5.51 ms).
 
     Args:
       x, dt, z: ``(b, l, d)``, float32 or bfloat16 (``z`` optional).
@@ -477,20 +494,25 @@ def selective_scan(
       unroll: time steps per loaded block of the forward kernel.
       bwd_unroll: time steps per block of the backward kernel, which is also the interval
         at which the differentiated forward saves the state (``(b, l / bwd_unroll, d, n)``
-        fp32 checkpoints); must divide ``unroll``. Default: ``64 / n`` (4 at ``n = 16``)
+        fp32 checkpoints); must divide ``unroll`` (the Mosaic kernels: ``mosaic_tile``).
+        Default: 16 for the ``"mosaic"`` backward (its tile); ``64 / n`` (4 at ``n = 16``)
         for the ``"split"`` backward, whose threads hold ``n / 2`` states (7.8 vs 10.4 ms
         forward+backward with 2, H200); 2 for the ``"channel"`` backward (4 holds ``~2 n
         4`` fp32 values per thread and spills: 16.1 vs 10.9 ms on the H100); ``unroll`` for
         the ``"state"`` backward (all capped at ``unroll``). Memory: the checkpoints,
         ``b l d n / bwd_unroll`` fp32, live until the backward (2.1 GB at (8, 4096, 4096,
-        16) with 4); raise it, or use the XLA ``"chunked"`` form, when memory is short.
+        16) with 4, 0.54 GB with the Mosaic backward's 16); raise it, or use the XLA
+        ``"chunked"`` form, when memory is short.
       num_warps, num_stages: Triton launch parameters of the forward (``num_warps``
         defaults to ``BD / 32`` for ``"channel"``, ``BD n / 128`` for ``"state"``).
       prefetch_bc: ``"channel"`` forward: also prefetch the next block's ``2 n unroll`` B/C
         scalars (more registers); otherwise they are loaded inside the block. Default: when
         ``pack_bc`` and ``n * unroll <= 64`` (unpacked, the prefetched scalars spilled
         registers: 11.7 ms forward; packed, 2.00 vs 2.30 ms on the H100 at n = 16).
-      bwd_layout: register layout of the backward kernel: ``"split"`` (default for
+      bwd_layout: the backward kernel: ``"mosaic"`` (the Pallas Mosaic GPU backward; the
+        default after the Mosaic forward where it runs, see above; needs the Mosaic forward,
+        ``4 <= n <= 16``, ``mosaic_tile`` a multiple of ``bwd_unroll``, ``bwd_unroll * 2 n``
+        a multiple of 128), or a Triton register layout: ``"split"`` (default otherwise for
         ``n >= 4`` when ``d / g`` is a multiple of 16: two threads per channel as in the
         forward's ``"split"``, half the registers per thread; ``dB``/``dC`` always by a
         butterfly over the 16 channels of a warp; ``2 bwd_block_d / 32`` warps,
@@ -536,6 +558,10 @@ def selective_scan(
       mosaic_tile, mosaic_stages: ``"mosaic"`` forward: steps per TMA tile and tiles in
         flight (shared memory ``stages * tile * (128 * (bytes of x, dt, z) + 8 n)``;
         at most 227 KiB). 16/4 and 32/2 measured within 3% of the default 32/3 (H200).
+      mosaic_bwd_stages, mosaic_bwd_sub: ``"mosaic"`` backward: tiles in flight (2; 3
+        measured the same, H100) and steps per recomputed sub-tile (2; the states entering
+        each sub-tile are kept in shared memory, ``bwd_unroll / sub * n * 512`` bytes, and a
+        sub-tile's states and decays in registers: 1 was 16% slower, H100).
       bwd_block_d, bwd_num_warps: launch parameters of the backward kernel. Defaults:
         with ``layout = bwd_layout = "state"`` those of the forward (the original kernel);
         a ``"state"`` backward after a ``"channel"`` forward: 32 and ``BD n / 128`` (at
@@ -551,6 +577,13 @@ def selective_scan(
         before any work).
     """
     check_backend(interpret, "selective_scan")
+    # The automatic backward: the Mosaic one after a Mosaic forward where it runs, unless an
+    # option of the Triton backward was given.
+    bwd_opts = (bwd_unroll, bwd_block_d, bwd_num_warps, bwd_butterfly, bwd_prefetch_bc)
+    auto_bwd = bwd_layout is None and all(v is None for v in bwd_opts)
+    mosaic_bwd = bwd_layout == "mosaic"
+    if mosaic_bwd and layout is None:  # its checkpoints come from the Mosaic forward
+        layout = "mosaic"
     # Automatic forward: the Mosaic GPU kernel where it runs (checked once the call's
     # config is known, below) unless Triton launch options were given; else "channel".
     auto = layout is None
@@ -559,7 +592,10 @@ def selective_scan(
     layout = "channel" if auto else layout
     layouts = ("channel", "split", "state")
     fwd_layouts = (*layouts, "mosaic")
-    checks = (("layout", layout, fwd_layouts), ("bwd_layout", bwd_layout, (None, *layouts)))
+    checks = (
+        ("layout", layout, fwd_layouts),
+        ("bwd_layout", bwd_layout, (None, *layouts, "mosaic")),
+    )
     for name, v, ok in checks:
         if v not in ok:
             raise NotImplementedError(f"selective_scan kernel: {name}={v!r}")
@@ -612,18 +648,26 @@ def selective_scan(
     if bwd_split and n < 4:
         raise NotImplementedError(f"selective_scan kernel: bwd_layout='split' needs n >= 4 (n={n})")
     bwd_channel = bwd_layout in CHANNEL_LAYOUTS
+    if mosaic_bwd and (bwd_block_d is not None or bwd_num_warps is not None):
+        raise NotImplementedError(
+            "selective_scan kernel: bwd_layout='mosaic' runs 128 channels on one warpgroup "
+            "(no bwd_block_d / bwd_num_warps)"
+        )
     # All-"state": the backward inherits the forward's launch config (the original kernel).
     inherit = not channel and not bwd_channel
     bwd_default = (16 if bwd_split else 32) if bwd_channel else (bd if inherit else state_default)
     bwd_bd = resolve_bd(bwd_block_d, bwd_default, "bwd_block_d")
     if bwd_unroll is None:  # ~2 (states per thread) bwd_unroll fp32 registers: <= ~64
-        if bwd_split:
+        if mosaic_bwd:  # the tile of the Mosaic backward (registers hold mosaic_bwd_sub steps)
+            bwd_unroll = MOSAIC_BWD_TILE
+        elif bwd_split:
             bwd_unroll = min(unroll, max(1, 64 // n))
         else:
             bwd_unroll = min(unroll, 2) if bwd_channel else unroll
     if not is_pow2(unroll) or not is_pow2(bwd_unroll):
         raise NotImplementedError("selective_scan kernel: unroll must be a power of two")
-    if unroll % bwd_unroll:
+    # (the Mosaic kernels check mosaic_tile % bwd_unroll instead)
+    if unroll % bwd_unroll and not (mosaic or mosaic_bwd):
         raise NotImplementedError(
             f"selective_scan kernel: bwd_unroll={bwd_unroll} must divide unroll={unroll}"
         )
@@ -686,6 +730,8 @@ def selective_scan(
         ckpt_late=bool(ckpt_late),
         tile=mosaic_tile,
         stages=mosaic_stages,
+        bwd_stages=mosaic_bwd_stages,
+        bwd_sub=mosaic_bwd_sub,
         fast_math=bool(fast_math),
         bwd_butterfly=bool(bwd_butterfly),
         bc_block=bool(bc_block),
@@ -727,6 +773,14 @@ def selective_scan(
         why = mosaic_supported(cfg, p)
         if why:
             raise NotImplementedError(f"selective_scan kernel: layout='mosaic': {why}")
+    if auto_bwd and cfg.layout == "mosaic":
+        both = cfg._replace(bwd_layout="mosaic", ckpt_every=MOSAIC_BWD_TILE)
+        if mosaic_supported(both, p) is None and mosaic_bwd_supported(both, p) is None:
+            cfg = both
+    if mosaic_bwd:
+        why = mosaic_bwd_supported(cfg, p)
+        if why:
+            raise NotImplementedError(f"selective_scan kernel: bwd_layout='mosaic': {why}")
     y, h_last = _scan(cfg, p)
     if return_final_state:
         return y, h_last

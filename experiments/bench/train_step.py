@@ -5,7 +5,7 @@ Each model is built once per implementation (same seed, same parameters), one ji
 are compared across implementations in the same run. Run::
 
     python -m experiments.bench.train_step [--quick] [--mamba-variants OPTS,OPTS]
-        [--s5-variants OPTS,OPTS]
+        [--s5-variants OPTS,OPTS] [--models mamba,s5]
 """
 
 import argparse
@@ -114,7 +114,11 @@ def main(argv=None):
         help="comma-separated linear_scan kernel options, each an extra S5 row "
         "'pallas:ls.<options>' (e.g. layout=mosaic)",
     )
+    parser.add_argument(
+        "--models", default="mamba,s5", help="comma-separated models to time: mamba, s5"
+    )
     args = parser.parse_args(argv)
+    models = args.models.split(",")
     print(header("python -m experiments.bench.train_step " + " ".join(argv or sys.argv[1:])))
     if args.quick:
         b, length, d, layers, vocab = 2, 64, 32, 2, 64
@@ -138,14 +142,21 @@ def main(argv=None):
             rngs=nnx.Rngs(0),
         )
 
-    rows = bench(
-        f"Mamba LM d={d} x{layers}, (b, l)=({b}, {length}), bf16 act.",
-        build_lm,
-        lm_loss,
-        tokens,
-        extra + [f"pallas:{v}" for v in filter(None, args.mamba_variants.split(","))] + xla_mamba,
-    )
+    rows = []
+    if "mamba" in models:
+        rows += bench(
+            f"Mamba LM d={d} x{layers}, (b, l)=({b}, {length}), bf16 act.",
+            build_lm,
+            lm_loss,
+            tokens,
+            extra
+            + [f"pallas:{v}" for v in filter(None, args.mamba_variants.split(","))]
+            + xla_mamba,
+        )
 
+    if "s5" not in models:
+        print(table(rows, ["model", "impl", "step ms", "best XLA / this", "first loss", "note"]))
+        return
     s5_b, s5_len, s5_d = (4, 64, 16) if args.quick else (32, 1024, 512)
     x = jax.random.normal(key, (s5_b, s5_len, 1))
     y = jax.random.randint(key, (s5_b,), 0, 10)

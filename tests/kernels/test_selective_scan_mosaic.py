@@ -2,7 +2,9 @@
 
 * Interpret mode (the same kernel program, TMA copies and barriers replaced by plain copies):
   ``y``, the final state and every input's gradient (random cotangents on both outputs; the
-  gradients run the Triton backward from the checkpoints the Mosaic forward saves) against
+  gradients run the backward the call defaults to from the checkpoints the Mosaic forward
+  saves: the Mosaic backward of ``_selective_scan_mosaic_bwd`` in the cases without options,
+  a Triton one with a channel backward or 8-step tiles) against
   ``ssmjax.ops.selective_scan(..., implementation="sequential")`` at lengths of one step, of
   a partial tile (padded and masked) and of whole tiles, with h0, grouped B/C (different
   group counts for B and C), with and without z / D / dt_bias / softplus, fp32 and bf16 I/O,
@@ -30,6 +32,7 @@ import pytest
 from test_selective_scan_kernel import check_against_sequential, make_inputs
 
 import pallas_kernels._selective_scan_mosaic as ssm
+import pallas_kernels._selective_scan_mosaic_bwd as ssb
 import pallas_kernels.selective_scan as ssk
 from pallas_kernels.selective_scan import selective_scan as selective_scan_kernel
 from ssmjax.ops import selective_scan
@@ -41,6 +44,7 @@ TRITON = "__gpu$xla.gpu.triton"  # that of a Pallas-Triton kernel
 CASES = {
     # dtype, length, (g_B, g_C), full (z, D, dt_bias, softplus), n, options. d = 256, so g = 2
     # gives 128 channels (one Mosaic program) per group. Default tile: 32 steps, 3 slots.
+    # Without options the backward is the Mosaic one (16-step tiles, 2 slots).
     "fp32-l1": ("float32", 1, (1, 1), True, 4, {}),  # one step: the tile is nearly all padding
     "fp32-l37-g21-n16": ("float32", 37, (2, 1), True, 16, {}),  # a partial second tile
     "fp32-l64-g12-bare": ("float32", 64, (1, 2), False, 4, {}),  # two whole tiles, unmasked
@@ -137,6 +141,7 @@ def hopper(monkeypatch):
     """Compile for a GPU on this CPU as if it were an H100."""
     monkeypatch.setattr(ssk, "check_backend", lambda *a: None)
     monkeypatch.setattr(ssm, "on_hopper", lambda: True)
+    monkeypatch.setattr(ssb, "on_hopper", lambda: True)
 
 
 def shapes(b, length, d, n, dtype, full, groups=(1, 1)):
@@ -161,10 +166,12 @@ def lowered(fn, args) -> str:
 
 
 LOWERINGS = {
-    # (b, l, d, n), dtype, full (z, D, dt_bias, softplus), (g_B, g_C), options
-    "full-bf16": ((8, 4096, 4096, 16), "bfloat16", True, (1, 1), {}),
-    "odd-length": ((8, 1001, 4096, 16), "bfloat16", True, (1, 1), {}),  # masked last tile
-    "bare-fp32": ((2, 1000, 1024, 16), "float32", False, (1, 1), {}),  # no z, D, bias, softplus
+    # (b, l, d, n), dtype, full (z, D, dt_bias, softplus), (g_B, g_C), options. The gradient
+    # runs the Mosaic backward where it takes the call (test_selective_scan_mosaic_bwd.py),
+    # here the Triton one: a Triton backward option, or mosaic_tile 8 < its 16-step tile.
+    "full-bf16": ((8, 4096, 4096, 16), "bfloat16", True, (1, 1), {"bwd_layout": "split"}),
+    "odd-length": ((8, 1001, 4096, 16), "bfloat16", True, (1, 1), {"bwd_unroll": 4}),
+    "bare-fp32": ((2, 1000, 1024, 16), "float32", False, (1, 1), {"bwd_layout": "channel"}),
     "groups-tile8": (
         (2, 77, 512, 4),
         "float32",
@@ -181,7 +188,7 @@ LOWERINGS = {
 )
 def test_lowers_to_mosaic_gpu(hopper, shape, dtype, full, groups, opts):
     """The forward lowers to one Mosaic GPU kernel and no Triton one; its gradient (the
-    forward that saves checkpoints) also to the Triton backward.
+    forward that saves checkpoints) also to a Triton backward.
 
     Catches what the Mosaic GPU lowering rejects (layouts of loaded vectors, TMA shapes,
     a select with a scalar condition, ...), which interpret mode does not run.
@@ -201,14 +208,14 @@ def test_lowers_to_mosaic_gpu(hopper, shape, dtype, full, groups, opts):
 
 @pytest.mark.parametrize("shape", [(8, 4096, 4096, 16), (2, 77, 256, 4)])
 def test_auto_is_mosaic_on_hopper(hopper, shape):
-    """No layout: the Mosaic forward (on Hopper, where it is supported), the Triton
+    """No layout: the Mosaic forward (on Hopper, where it is supported) and the Mosaic
     backward."""
     args = shapes(*shape, "bfloat16", True)
     f = lambda p: selective_scan_kernel(**p, dt_softplus=True)
     text = lowered(f, args)
     assert text.count(MOSAIC) == 1 and TRITON not in text
     text = lowered(jax.grad(lambda p: jnp.sum(f(p).astype(jnp.float32))), args)
-    assert text.count(MOSAIC) == 1 and TRITON in text
+    assert text.count(MOSAIC) == 2 and TRITON not in text
 
 
 @pytest.mark.parametrize("groups", [(1, 1), (2, 2)])
@@ -219,7 +226,7 @@ def test_backward_permutes_only_block_sums(hopper, groups):
     materialised a 1.07 GB gather at the benchmark shape when the permutation came first)."""
     b, length, d, n = 8, 4096, 4096, 16
     args = shapes(b, length, d, n, "bfloat16", True, groups)
-    f = lambda p: selective_scan_kernel(**p, dt_softplus=True)
+    f = lambda p: selective_scan_kernel(**p, dt_softplus=True, bwd_layout="split")
     text = lowered(jax.grad(lambda p: jnp.sum(f(p).astype(jnp.float32))), args)
     partial_size = b * (d // 16) * length * 2 * n
     moved = []
