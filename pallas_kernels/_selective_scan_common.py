@@ -24,9 +24,9 @@ class _Config(NamedTuple):
     ckpt_every: int  # checkpoint interval = the backward's block length (divides unroll)
     num_warps: int
     num_stages: int
-    layout: str  # forward layout: "channel", "split" or "state"
+    layout: str  # forward layout: "channel", "split", "state" or "mosaic"
     prefetch_bc: bool  # channel layout: prefetch the next block's B/C scalars too
-    bwd_layout: str  # backward layout: "channel" or "state" (own launch config below)
+    bwd_layout: str  # backward: "channel", "split", "state" (own launch config) or "mosaic"
     bwd_block_d: int
     bwd_num_warps: int
     groups: int

@@ -26,9 +26,9 @@ Implementations behind the ``implementation=`` switch (see :mod:`ssmjax.ops._dis
   It supports reverse-mode differentiation (``jax.grad``, ``jax.vjp``), not ``jax.jvp``.
 
 * ``"pallas"`` — the fused Pallas kernels of :mod:`pallas_kernels.selective_scan`
-  (forward and backward; the state stays in registers, the backward keeps one state per
-  ``bwd_unroll`` steps, 4 by default at ``n = 16``; on H100/H200 the forward is a Mosaic
-  GPU kernel with its inputs staged by TMA, elsewhere Triton). On a machine without a GPU
+  (forward and backward; the state stays in registers; on H100/H200 both are Mosaic GPU
+  kernels with their inputs staged by TMA and the backward keeps one state per 16 steps,
+  elsewhere Triton kernels, one state per 4 steps at ``n = 16``). On a machine without a GPU
   an explicit request runs it in the Pallas interpreter (slow; for tests).
 
 The automatic choice (``implementation=None``) is ``"associative"`` for sequences of at
