@@ -460,7 +460,8 @@ def selective_scan(
     the Triton ``"channel"`` kernel (64 channels on 2 warps per program, ``unroll=4``, bf16
     ``B``/``C`` packed in pairs and prefetched a block ahead). After the Mosaic forward the
     backward is the Mosaic one (``bwd_layout="mosaic"``, 16-step tiles) where it runs
-    (``n <= 16``, no Triton backward option); otherwise, for ``n >= 4``,
+    (``n <= 16``; no ``bwd_block_d``, ``bwd_num_warps``, ``bwd_butterfly``,
+    ``bwd_prefetch_bc``, which are Triton's); otherwise, for ``n >= 4``,
     ``bwd_layout="split"``, 16 channels on 1 warp per program, ``bwd_unroll=4`` at ``n =
     16``; for ``n < 4`` ``"channel"``. ``fast_math``. At (8, 4096, 4096, 16) bf16 with z,
     D, dt_bias and softplus (``experiments/bench/kernels.py``, BENCHMARKS.md, H100, one
@@ -578,9 +579,10 @@ def selective_scan(
     """
     check_backend(interpret, "selective_scan")
     # The automatic backward: the Mosaic one after a Mosaic forward where it runs, unless an
-    # option of the Triton backward was given.
-    bwd_opts = (bwd_unroll, bwd_block_d, bwd_num_warps, bwd_butterfly, bwd_prefetch_bc)
-    auto_bwd = bwd_layout is None and all(v is None for v in bwd_opts)
+    # option of the Triton backward was given (bwd_unroll is both kernels' tile).
+    triton_bwd_opts = (bwd_block_d, bwd_num_warps, bwd_butterfly, bwd_prefetch_bc)
+    auto_bwd = bwd_layout is None and all(v is None for v in triton_bwd_opts)
+    bwd_tile = MOSAIC_BWD_TILE if bwd_unroll is None else bwd_unroll
     mosaic_bwd = bwd_layout == "mosaic"
     if mosaic_bwd and layout is None:  # its checkpoints come from the Mosaic forward
         layout = "mosaic"
@@ -774,7 +776,7 @@ def selective_scan(
         if why:
             raise NotImplementedError(f"selective_scan kernel: layout='mosaic': {why}")
     if auto_bwd and cfg.layout == "mosaic":
-        both = cfg._replace(bwd_layout="mosaic", ckpt_every=MOSAIC_BWD_TILE)
+        both = cfg._replace(bwd_layout="mosaic", ckpt_every=bwd_tile)
         if mosaic_supported(both, p) is None and mosaic_bwd_supported(both, p) is None:
             cfg = both
     if mosaic_bwd:

@@ -170,7 +170,7 @@ LOWERINGS = {
     # runs the Mosaic backward where it takes the call (test_selective_scan_mosaic_bwd.py),
     # here the Triton one: a Triton backward option, or mosaic_tile 8 < its 16-step tile.
     "full-bf16": ((8, 4096, 4096, 16), "bfloat16", True, (1, 1), {"bwd_layout": "split"}),
-    "odd-length": ((8, 1001, 4096, 16), "bfloat16", True, (1, 1), {"bwd_unroll": 4}),
+    "odd-length": ((8, 1001, 4096, 16), "bfloat16", True, (1, 1), {"bwd_block_d": 32}),
     "bare-fp32": ((2, 1000, 1024, 16), "float32", False, (1, 1), {"bwd_layout": "channel"}),
     "groups-tile8": (
         (2, 77, 512, 4),

@@ -6,8 +6,8 @@
 * Interpret mode (the kernel program with TMA copies as plain copies and the shuffles as
   gathers within each warp): every input's gradient and ``h0``'s against
   ``ssmjax.ops.selective_scan(..., implementation="sequential")`` with the options of the
-  backward itself -- shorter and longer tiles, one-step and four-step sub-tiles, one and three
-  slots, a masked last tile, fp32 and bf16 (the cases without options in
+  backward itself -- 8-step tiles, one-step and four-step sub-tiles, one and three slots, a
+  masked last tile, fp32 and bf16 (the cases without options in
   ``test_selective_scan_mosaic.py`` run it too: one step, 37 and 64 steps, grouped B/C).
 * Lowering for CUDA on this CPU: the real Mosaic GPU lowering (inline shuffles, TMA of the
   checkpoints, the warp rows) of the gradient at the benchmark shape, an odd length and
@@ -86,37 +86,31 @@ CASES = {
         256,
         {"mosaic_tile": 8, "bwd_unroll": 8, "mosaic_bwd_sub": 4, "mosaic_bwd_stages": 1},
     ),
-    # One 32-step tile, one-step sub-tiles, 3 slots (more than tiles), no z/D/bias.
-    "fp32-l32-t32-sub1-bare": (
+    # 3 whole tiles of 8 steps, one-step sub-tiles, 3 slots (as many as tiles), no z/D/bias.
+    "fp32-l24-t8-sub1-bare": (
         "float32",
-        32,
+        24,
         (1, 1),
         False,
-        4,
+        8,
         128,
-        {"bwd_unroll": 32, "mosaic_bwd_sub": 1, "mosaic_bwd_stages": 3},
+        {"mosaic_tile": 8, "bwd_unroll": 8, "mosaic_bwd_sub": 1, "mosaic_bwd_stages": 3},
     ),
-    # 4 tiles of 16 (the default), the last masked; 2 groups of C on one 128-channel block.
-    "bf16-l50-n16": ("bfloat16", 50, (1, 2), True, 16, 256, {"bwd_layout": "mosaic"}),
+    # 2 tiles of 16 (the default), the last masked. (n = 16, 32 products on 32 lanes: the
+    # no-option cases of test_selective_scan_mosaic.py.)
+    "bf16-l20": ("bfloat16", 20, (1, 1), True, 4, 128, {"bwd_layout": "mosaic"}),
 }
 
 
 @pytest.mark.parametrize(
     ("dtype", "length", "groups", "full", "n", "d", "opts"), list(CASES.values()), ids=list(CASES)
 )
-def test_matches_sequential(rng, dtype, length, groups, full, n, d, opts):
-    args = make_inputs(rng, jnp.dtype(dtype), length, groups, full, d=d, n=n)
-    check_against_sequential(rng, args, full, {"layout": "mosaic", **opts})
-
-
-def test_interpret_runs_the_mosaic_backward(rng, monkeypatch):
-    """The cases above reach this kernel (not a fallback): its launcher is called."""
-    calls = []
+def test_matches_sequential(rng, monkeypatch, dtype, length, groups, full, n, d, opts):
+    calls = []  # the case reaches this kernel, not a fallback
     real = ssk.run_bwd_mosaic
     monkeypatch.setattr(ssk, "run_bwd_mosaic", lambda *a: calls.append(1) or real(*a))
-    args = make_inputs(rng, jnp.float32, 3, (1, 1), True, d=128, n=4)
-    f = lambda p: selective_scan_kernel(**p, dt_softplus=True, interpret=True, layout="mosaic")
-    jax.grad(lambda p: jnp.sum(f(p)))(args)
+    args = make_inputs(rng, jnp.dtype(dtype), length, groups, full, d=d, n=n)
+    check_against_sequential(rng, args, full, {"layout": "mosaic", **opts})
     assert calls
 
 
@@ -152,12 +146,12 @@ def test_gradient_lowers_to_two_mosaic_kernels(hopper, shape, dtype, full, group
 @pytest.mark.parametrize(
     ("n", "opts"),
     [
-        (16, {"bwd_unroll": 4}),  # a Triton backward option
         (16, {"bwd_layout": "split"}),
         (16, {"bwd_block_d": 16}),
         (16, {"bwd_butterfly": True, "bwd_layout": "channel", "bwd_block_d": 32}),
         (32, {}),  # 2 n = 64 products: more than a warp's lanes
         (16, {"mosaic_tile": 8}),  # the forward's tile shorter than the backward's
+        (4, {"bwd_unroll": 8, "unroll": 8}),  # 8 steps x 2 n = 64 products: not 128
         (4, {"mosaic_bwd_sub": 3}),  # no bwd_layout: outside its limits, skipped quietly
     ],
 )
