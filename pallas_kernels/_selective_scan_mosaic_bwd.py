@@ -220,7 +220,8 @@ def _kernel(*refs, cfg: _Config, ops: Ops, length: int, n: int, n_tiles: int):
         part_layout = plgpu.Layout.WG_STRIDED((T, m), vec_size=max(1, min(4, T * m // BLOCK_D)))
 
     def inputs(slot, t, pos):
-        """``(x, dt_pre, dt, dt x)`` of step ``t`` of the tile (``pos`` in the sequence)."""
+        """``(x, dt_pre, dt, dt x, mask)`` of step ``t`` of the tile (``pos`` in the sequence;
+        ``mask``: 1 or 0 as a scalar where the last tile is padded, else ``None``)."""
         x = ops.vec(s["x"].at[slot, t]).astype(_F32)
         dt_pre = ops.vec(s["dt"].at[slot, t]).astype(_F32)
         if bias is not None:
