@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -22,8 +22,8 @@
 # * `"associative"` — `lax.associative_scan`, `O(log L)` depth;
 # * `"chunked"` — a scan over chunks with a parallel form inside;
 # * `"pallas"` — a fused GPU kernel (Pallas, Triton lowering; Ampere or newer; on H100/H200
-#   the linear scan and the selective-scan forward use the Mosaic GPU lowering, inputs
-#   staged by TMA).
+#   the linear scan and the selective scan, forward and backward, use the Mosaic GPU
+#   lowering, inputs staged by TMA).
 #
 # `implementation=None` picks automatically and never an interpreted kernel. This notebook
 # times the implementations of `linear_recurrence` (`h_t = a_t h_{t-1} + b_t`, the scan
