@@ -1,4 +1,5 @@
-"""GPU kernels (Pallas, Triton lowering) behind ``implementation="pallas"`` of ssmjax.ops.
+"""GPU kernels (Pallas: Mosaic GPU lowering on Hopper, Triton elsewhere) behind
+``implementation="pallas"`` of ssmjax.ops.
 
 One module per op; each is tested on CPU with ``interpret=True`` against the ``"sequential"``
 reference in :mod:`ssmjax.ops`:
