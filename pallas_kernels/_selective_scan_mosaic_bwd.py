@@ -139,7 +139,7 @@ def _butterfly_store(part_t, prods):
     """Compiled: the butterfly by ``shfl.sync.bfly`` (inline Mosaic GPU), then lane ``l`` of
     warp ``w`` stores its sum at ``part_t[w, owner(l)]`` (``part_t``: a ``(WARPS, m)``
     shared-memory view; lanes holding the same product store the same value)."""
-    import jax.experimental.mosaic.gpu as mgpu  # noqa: F401 - registers the dialects
+    # Imported here: the Mosaic GPU internals load only when a compiled kernel is built.
     from jax.experimental.mosaic.gpu import utils as mu
     from jaxlib.mlir import ir
     from jaxlib.mlir.dialects import arith, memref, vector
