@@ -60,6 +60,18 @@ class _Inputs(NamedTuple):
     h0: jax.Array
 
 
+def sum_blocks(v, groups: int):
+    """Per-channel-block partials ``(b, n_blocks, l, k)`` -> ``(b, g, l, k)``: the sum over
+    each group's blocks."""
+    b, n_blocks, length, k = v.shape
+    return v.reshape(b, groups, n_blocks // groups, length, k).sum(2)
+
+
+def to_blgn(v):
+    """``(b, g, l, n)`` -> ``(b, l, g, n)`` (the layout of grouped ``B``/``C``)."""
+    return jnp.transpose(v, (0, 2, 1, 3))
+
+
 def _softplus(v):
     return jnp.maximum(v, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(v)))
 

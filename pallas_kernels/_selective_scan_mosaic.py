@@ -138,6 +138,17 @@ def _kernel(*refs, cfg: _Config, ops: Ops, length: int, n: int, n_tiles: int, sa
         r["hT"][b, k, cols] = h[k]
 
 
+def pad_time(v, pad: int):
+    """``v`` ``(b, l, ...)`` with ``pad`` zero steps appended (whole tiles)."""
+    return v if pad == 0 else jnp.pad(v, ((0, 0), (0, pad)) + ((0, 0),) * (v.ndim - 2))
+
+
+def bc_tiles(v, pad: int):
+    """``B`` or ``C`` ``(b, l, g, n)`` -> ``(b, g, l + pad, n)`` fp32, so a tile of one
+    group is contiguous rows."""
+    return jnp.transpose(pad_time(v.astype(_F32), pad), (0, 2, 1, 3))
+
+
 def smem_bytes(cfg: _Config, p: _Inputs) -> int:
     """Shared memory of the staged tiles."""
     seq = [p.x, p.dt] + ([p.z] if p.z is not None else [])
@@ -177,17 +188,13 @@ def run_fwd_mosaic(cfg: _Config, p: _Inputs, save: bool):
     n_tiles = -(-length // cfg.tile)
     pad = n_tiles * cfg.tile - length
 
-    def seq(v):
-        return v if pad == 0 else jnp.pad(v, ((0, 0), (0, pad)) + ((0, 0),) * (v.ndim - 2))
-
-    # B, C: (b, l, g, n) -> (b, g, l, n) fp32, so a tile of one group is contiguous rows.
-    bc = lambda v: jnp.transpose(seq(v).astype(_F32), (0, 2, 1, 3))
+    seq = lambda v: pad_time(v, pad)
     arrays = {
         "x": seq(p.x),
         "dt": seq(p.dt),
         "z": None if p.z is None else seq(p.z),
-        "B": bc(p.B),
-        "C": bc(p.C),
+        "B": bc_tiles(p.B, pad),
+        "C": bc_tiles(p.C, pad),
         "A2": (p.A.astype(_F32) * _LOG2E).T,  # (n, d)
         "h0": jnp.swapaxes(p.h0.astype(_F32), 1, 2),  # (b, n, d)
         "D": None if p.D is None else p.D.astype(_F32),

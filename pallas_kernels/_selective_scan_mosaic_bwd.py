@@ -53,8 +53,15 @@ from pallas_kernels._mosaic_common import (
     plgpu,
     staging,
 )
-from pallas_kernels._selective_scan_common import _F32, _Config, _Inputs, _tree_sum
-from pallas_kernels._selective_scan_mosaic import _sigmoid, _softplus
+from pallas_kernels._selective_scan_common import (
+    _F32,
+    _Config,
+    _Inputs,
+    _tree_sum,
+    sum_blocks,
+    to_blgn,
+)
+from pallas_kernels._selective_scan_mosaic import _sigmoid, _softplus, bc_tiles, pad_time
 
 _LOG2E = math.log2(math.e)
 _LN2 = math.log(2.0)
@@ -391,21 +398,14 @@ def run_bwd_mosaic(cfg: _Config, p: _Inputs, ckpt, dy, dh) -> _Inputs:
     pad = n_tiles * T - length
     padded = length + pad
 
-    def seq(v):
-        return v if pad == 0 else jnp.pad(v, ((0, 0), (0, pad), (0, 0)))
-
-    def bc(v):  # (b, l, g, n) -> (b, g, l + pad, n) fp32: a tile of one group is contiguous
-        return jnp.transpose(
-            jnp.pad(v.astype(_F32), ((0, 0), (0, pad), (0, 0), (0, 0))), (0, 2, 1, 3)
-        )
-
+    seq = lambda v: pad_time(v, pad)
     arrays = {
         "x": seq(p.x),
         "dt": seq(p.dt),
         "z": None if p.z is None else seq(p.z),
         "dy": seq(dy.astype(p.x.dtype)),
-        "B": bc(p.B),
-        "C": bc(p.C),
+        "B": bc_tiles(p.B, pad),
+        "C": bc_tiles(p.C, pad),
         "ckpt": ckpt,
         "A2": (p.A.astype(_F32) * _LOG2E).T,  # (n, d)
         "dh": jnp.swapaxes(dh.astype(_F32), 1, 2),  # (b, n, d)
@@ -447,10 +447,8 @@ def run_bwd_mosaic(cfg: _Config, p: _Inputs, ckpt, dy, dh) -> _Inputs:
     )
     res = dict(zip(outs, call(*(arrays[k] for k in ins)), strict=True))
     cut = lambda v: v if pad == 0 else v[:, :length]
-    dbc = res["dbc"][:, :, :length]  # (b, d / 128, l, 2 n): one row per channel block
-    blocks = d // BLOCK_D
-    dbc = dbc.reshape(b, cfg.groups, blocks // cfg.groups, length, 2 * n).sum(2)
-    to_blgn = lambda v: jnp.transpose(v, (0, 2, 1, 3))  # (b, g, l, n) -> (b, l, g, n)
+    # (b, d / 128, l, 2 n): one row per channel block -> (b, g, l, 2 n)
+    dbc = sum_blocks(res["dbc"][:, :, :length], cfg.groups)
     return _Inputs(
         x=cut(res["dx"]),
         dt=cut(res["ddt"]),

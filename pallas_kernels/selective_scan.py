@@ -98,6 +98,8 @@ from pallas_kernels._selective_scan_common import (
     _Inputs,
     _packed,
     pack_bf16_pairs,
+    sum_blocks,
+    to_blgn,
 )
 from pallas_kernels._selective_scan_kernels import (
     _bwd_kernel,
@@ -295,21 +297,15 @@ def _run_bwd(cfg: _Config, p: _Inputs, ckpt, dy, dh):
         outs[i_dA] = jnp.swapaxes(outs[i_dA], 1, 2)
     dx, ddt = outs.pop(0), outs.pop(0)
     dz = outs.pop(0) if cfg.has_z else None
-
-    def block_sum(v):  # (b, n_blocks, l, k) -> (b, g, l, k): the channel blocks of a group
-        return v.reshape(b, cfg.groups, n_blocks // cfg.groups, length, v.shape[-1]).sum(2)
-
     if bfly:  # summed over the blocks first: the permutation then moves 1 / n_blocks of it
-        dBC = _unpermute_butterfly(cfg, block_sum(outs.pop(0)), n)
+        dBC = _unpermute_butterfly(cfg, sum_blocks(outs.pop(0), cfg.groups), n)
         dB, dC = dBC[..., :n], dBC[..., n:]
     else:
-        dB, dC = block_sum(outs.pop(0)), block_sum(outs.pop(0))
+        dB, dC = sum_blocks(outs.pop(0), cfg.groups), sum_blocks(outs.pop(0), cfg.groups)
     dA_part = outs.pop(0)
     dD = outs.pop(0).sum(0) if cfg.has_D else None
     dbias = outs.pop(0).sum(0) if cfg.has_bias else None
     dh0 = outs.pop(0)
-
-    to_blgn = lambda v: jnp.transpose(v, (0, 2, 1, 3))  # (b, g, l, n) -> (b, l, g, n)
 
     return _Inputs(
         x=dx,
@@ -379,22 +375,22 @@ def _scan_fwd(cfg: _Config, p: _Inputs):
 def _scan_bwd(cfg: _Config, residuals, cotangents):
     p, ckpt, h0 = residuals
     dy, dh = cotangents
+    p = p._replace(h0=h0)
     if cfg.bwd_layout == "mosaic":
-        g = run_bwd_mosaic(cfg, p._replace(h0=h0), ckpt, dy, dh)
-        cast = lambda v, like: None if like is None else v.astype(like.dtype)
-        return (_Inputs(*(cast(gv, pv) for gv, pv in zip(g, p._replace(h0=h0), strict=True))),)
-    if cfg.bwd_layout in CHANNEL_LAYOUTS and not _ckpt_channel(cfg):
-        ckpt = jnp.swapaxes(ckpt, 2, 3)
-    bwd_cfg = cfg._replace(
-        layout=cfg.bwd_layout,
-        block_d=cfg.bwd_block_d,
-        num_warps=cfg.bwd_num_warps,
-        unroll=cfg.ckpt_every,
-        prefetch_bc=cfg.bwd_prefetch_bc,
-    )
-    g = _run_bwd(bwd_cfg, p._replace(h0=h0), ckpt, dy, dh)
+        g = run_bwd_mosaic(cfg, p, ckpt, dy, dh)
+    else:
+        if cfg.bwd_layout in CHANNEL_LAYOUTS and not _ckpt_channel(cfg):
+            ckpt = jnp.swapaxes(ckpt, 2, 3)
+        bwd_cfg = cfg._replace(
+            layout=cfg.bwd_layout,
+            block_d=cfg.bwd_block_d,
+            num_warps=cfg.bwd_num_warps,
+            unroll=cfg.ckpt_every,
+            prefetch_bc=cfg.bwd_prefetch_bc,
+        )
+        g = _run_bwd(bwd_cfg, p, ckpt, dy, dh)
     cast = lambda v, like: None if like is None else v.astype(like.dtype)
-    return (_Inputs(*(cast(gv, pv) for gv, pv in zip(g, p._replace(h0=h0), strict=True))),)
+    return (_Inputs(*(cast(gv, pv) for gv, pv in zip(g, p, strict=True))),)
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)

@@ -158,13 +158,6 @@ def test_planes_match_complex(rng, form, reverse):
 # ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def hopper(monkeypatch):
-    """Compile for a GPU on this CPU as if it were an H100."""
-    monkeypatch.setattr(ls, "check_backend", lambda *a: None)
-    monkeypatch.setattr(lm, "on_hopper", lambda: True)
-
-
 def shapes(dtype, batch, length, d, form):
     """``jax.ShapeDtypeStruct`` ``a, b, h0`` (nothing allocated: lowering a big shape is
     cheap)."""

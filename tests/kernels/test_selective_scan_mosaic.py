@@ -32,7 +32,6 @@ import pytest
 from test_selective_scan_kernel import check_against_sequential, make_inputs
 
 import pallas_kernels._selective_scan_mosaic as ssm
-import pallas_kernels._selective_scan_mosaic_bwd as ssb
 import pallas_kernels.selective_scan as ssk
 from pallas_kernels.selective_scan import selective_scan as selective_scan_kernel
 from ssmjax.ops import selective_scan
@@ -134,14 +133,6 @@ def test_two_pass_forward_matches_sequential(rng, dtype, length, groups, full, n
 # ----------------------------------------------------------------------------------------
 # Lowering for CUDA (no GPU needed) and the automatic choice of forward
 # ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def hopper(monkeypatch):
-    """Compile for a GPU on this CPU as if it were an H100."""
-    monkeypatch.setattr(ssk, "check_backend", lambda *a: None)
-    monkeypatch.setattr(ssm, "on_hopper", lambda: True)
-    monkeypatch.setattr(ssb, "on_hopper", lambda: True)
 
 
 def shapes(b, length, d, n, dtype, full, groups=(1, 1)):

@@ -23,19 +23,9 @@ import pytest
 from test_selective_scan_kernel import check_against_sequential, make_inputs
 from test_selective_scan_mosaic import MOSAIC, TRITON, lowered, shapes
 
-import pallas_kernels._selective_scan_mosaic as ssm
 import pallas_kernels._selective_scan_mosaic_bwd as ssb
 import pallas_kernels.selective_scan as ssk
 from pallas_kernels.selective_scan import selective_scan as selective_scan_kernel
-
-
-@pytest.fixture
-def hopper(monkeypatch):
-    """Compile for a GPU on this CPU as if it were an H100."""
-    monkeypatch.setattr(ssk, "check_backend", lambda *a: None)
-    monkeypatch.setattr(ssm, "on_hopper", lambda: True)
-    monkeypatch.setattr(ssb, "on_hopper", lambda: True)
-
 
 # ----------------------------------------------------------------------------------------
 # The butterfly
