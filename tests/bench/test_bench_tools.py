@@ -137,3 +137,36 @@ def test_triton_kernels_lowered_for_cuda_on_any_machine(monkeypatch):
     ir_bytes, warps, stages, grid = kernels[0]
     assert ir_bytes.startswith(b"ML\xefR") and warps == 2 and stages >= 1  # MLIR bytecode
     assert grid == (b, d // 64, 1)  # 64-channel blocks
+
+
+def test_linear_mosaic_variants_and_shapes():
+    from experiments.bench.linear_mosaic import parse_shape, parse_variant
+
+    assert parse_variant("base") == ({}, {})
+    assert parse_variant("tma+tmab+stages=5+tile=16+unroll=4") == (
+        {"TMA_OUT": True, "TMA_OUT_BWD": True, "MAX_STAGES": 5, "TILE": 16},
+        {"unroll": 4},
+    )
+    with pytest.raises(ValueError, match="unknown variant"):
+        parse_variant("fast")
+    assert parse_shape("c64-ti") == ((8, 4096, 1024), "complex64", True)
+    assert parse_shape("fp32-tv:4x8192x2048") == ((4, 8192, 2048), "float32", False)
+
+
+def test_linear_mosaic_rows_interpreted(monkeypatch):
+    """The variant table on tiny shapes, the kernels interpreted: every variant checked
+    against the associative scan (switches restored after each)."""
+    import functools
+
+    import experiments.bench.linear_mosaic as lmb
+    import pallas_kernels._linear_scan_mosaic as lm
+    import pallas_kernels.linear_scan as ls
+
+    monkeypatch.setattr(lmb, "linear_scan", functools.partial(ls.linear_scan, interpret=True))
+    planes = functools.partial(ls.linear_scan_planes, interpret=True)
+    monkeypatch.setattr(lmb, "linear_scan_planes", planes)
+    monkeypatch.setitem(lmb.SHAPES, "tiny", ((2, 40, 128), "complex64", True))
+    rows = lmb.bench_shape("tiny", ["base", "tma+tile=16"], repeats=1)
+    assert [r["variant"] for r in rows[2:]] == ["base", "tma+tile=16"]
+    assert all(r["ok"] == "OK" for r in rows[2:])
+    assert (lm.TMA_OUT, lm.TILE) == (False, 32)
