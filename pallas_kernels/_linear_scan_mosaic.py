@@ -44,6 +44,7 @@ TILE = 32  # steps per TMA tile
 MAX_STAGES = 3  # tiles in flight at most (fewer when shared memory is short)
 TMA_OUT = False  # forward: h rows written to shared memory and stored a tile at a time by TMA
 TMA_OUT_BWD = False  # backward: the same for its g (and da) rows
+PAIRS = False  # complex time-invariant forward: a channel's planes on two lanes
 
 
 def _mul(x, y, conj=False):
@@ -298,6 +299,10 @@ def run_fwd_mosaic(cfg, ap, bp, h0p):
     """The ``h`` planes ``(batch, l, d)`` (as ``linear_scan._run_fwd``)."""
     batch, length, d = bp[0].shape
     p, lti = len(bp), ap[0].ndim == 2
+    if PAIRS and lti and p == 2:
+        from pallas_kernels._linear_scan_mosaic_pairs import run_fwd_pairs
+
+        return run_fwd_pairs(cfg, ap, bp, h0p)
     n_tiles, pad = _tiling(length)
     seq = lambda v: _pad(v, pad, cfg.reverse)
     ap = ap if lti else tuple(seq(v) for v in ap)

@@ -47,10 +47,11 @@ class Ops:
         return lax.axis_index("d"), lax.axis_index("b")
 
     def vec(self, ref):
-        """A ``(BLOCK_D,)`` ref (HBM or shared) -> registers, one element per thread."""
+        """A ref of ``BLOCK_D`` elements (HBM or shared, any shape, strided views too) ->
+        registers, one element per thread in row-major order."""
         if self.interpret:
             return ref[...]
-        layout = plgpu.Layout.WG_STRIDED((BLOCK_D,), vec_size=1)
+        layout = plgpu.Layout.WG_STRIDED(tuple(ref.shape), vec_size=1)
         return plgpu.load(ref, (), layout=layout, optimized=False)
 
     def stage(self, src, dst, bar):

@@ -12,8 +12,8 @@ GPU reaches it.
         [--shapes fp32-tv,c64-ti,c64-tv,fp32-tv:4x8192x2048] [--repeats 15]
 
 A variant is ``+``-joined ``key[=value]`` items: ``tma`` (``TMA_OUT``), ``tmab``
-(``TMA_OUT_BWD``), ``stages=N`` (``MAX_STAGES``), ``tile=N`` (``TILE``, steps per TMA
-tile), ``unroll=N``; ``base`` is the defaults.
+(``TMA_OUT_BWD``), ``pairs`` (``PAIRS``), ``stages=N`` (``MAX_STAGES``), ``tile=N``
+(``TILE``, steps per TMA tile), ``unroll=N``; ``base`` is the defaults.
 """
 
 import argparse
@@ -48,6 +48,8 @@ def parse_variant(spec: str) -> tuple[dict, dict]:
             switches["TMA_OUT"] = True
         elif key == "tmab":
             switches["TMA_OUT_BWD"] = True
+        elif key == "pairs":
+            switches["PAIRS"] = True
         elif key == "stages":
             switches["MAX_STAGES"] = int(value)
         elif key == "tile":

@@ -115,6 +115,48 @@ def test_tma_out_matches_sequential(rng, monkeypatch, case):
     assert stores  # the TMA store path was traced
 
 
+PAIRS_CASES = [k for k, v in CASES.items() if v[0] == "complex64" and v[3] != "full"]
+
+
+@pytest.mark.parametrize("case", PAIRS_CASES)
+def test_pairs_matches_sequential(rng, monkeypatch, case):
+    """The complex time-invariant forward on paired lanes (``PAIRS``; 64 channels a
+    program, the partner plane by a lane swap): forward and gradients (its backward is the
+    one-channel-per-thread kernel's) against the reference."""
+    dtype, length, reverse, form, state, unroll = CASES[case]
+    monkeypatch.setattr(lm, "PAIRS", True)
+    import pallas_kernels._linear_scan_mosaic_pairs as lp
+
+    calls = []
+    run = lp.run_fwd_pairs
+    monkeypatch.setattr(lp, "run_fwd_pairs", lambda *a: calls.append(1) or run(*a))
+    a, b, h0, ct = _inputs(rng, dtype, length, form, state)
+
+    def kernel(a, b, h0):
+        return linear_scan(
+            a, b, h0, reverse=reverse, interpret=True, unroll=unroll, layout="mosaic"
+        )
+
+    check_against_sequential(kernel, a, b, h0, ct, dtype, reverse, n_a=_n_a(form, length))
+    assert calls
+
+
+def test_pairs_bf16_planes_match_complex(rng, monkeypatch):
+    """bf16 planes through the paired-lanes forward equal the one-channel-per-thread
+    kernel's (both carry fp32 states and round each stored row once)."""
+    a, b, h0, _ = _inputs(rng, "complex64", 45, "per_seq", (128,))
+    ap = (jnp.real(a), jnp.imag(a))
+    bp = (jnp.real(b).astype(jnp.bfloat16), jnp.imag(b).astype(jnp.bfloat16))
+    h0p = (jnp.real(h0), jnp.imag(h0))
+    run = lambda: linear_scan_planes(ap, bp, h0p, interpret=True, layout="mosaic", reverse=True)
+    want = run()
+    monkeypatch.setattr(lm, "PAIRS", True)
+    got = run()
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == jnp.bfloat16
+        assert_allclose(g, w, dtype=jnp.bfloat16, n=45)
+
+
 @pytest.mark.parametrize(
     ("dtype", "length", "reverse", "form"),
     [("float32", 37, True, "full"), ("complex64", 37, False, "per_seq")],
@@ -241,6 +283,14 @@ def test_tma_out_lowers_to_mosaic_gpu(hopper, monkeypatch, case):
     backward, 10 planes a slot, falls back to direct stores)."""
     monkeypatch.setattr(lm, "TMA_OUT", True)
     monkeypatch.setattr(lm, "TMA_OUT_BWD", True)
+    test_lowers_to_mosaic_gpu(hopper, *LOWERINGS[case])
+
+
+@pytest.mark.parametrize("case", ["c64-shared-rev-odd", "c64-perseq", "c64-shared-192-padded"])
+def test_pairs_lowers_to_mosaic_gpu(hopper, monkeypatch, case):
+    """The paired-lanes forward (``PAIRS``: strided ring views, warp shuffles by inline
+    Mosaic GPU, 8 TMA boxes a tile each way) lowers for CUDA."""
+    monkeypatch.setattr(lm, "PAIRS", True)
     test_lowers_to_mosaic_gpu(hopper, *LOWERINGS[case])
 
 
