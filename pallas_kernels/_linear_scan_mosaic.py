@@ -42,9 +42,6 @@ from pallas_kernels._mosaic_common import (
 _F32 = jnp.float32
 TILE = 32  # steps per TMA tile
 MAX_STAGES = 3  # tiles in flight at most (fewer when shared memory is short)
-TMA_OUT = False  # forward: h rows written to shared memory and stored a tile at a time by TMA
-TMA_OUT_BWD = False  # backward: the same for its g (and da) rows
-PAIRS = False  # complex time-invariant forward: a channel's planes on two lanes
 
 
 def _mul(x, y, conj=False):
@@ -67,12 +64,6 @@ def _stages(tile: int, staged) -> int:
     return max(1, min(MAX_STAGES, SMEM_BYTES // per_stage))
 
 
-def _fits_out(staged, out_tiles) -> bool:
-    """Whether two slots of the staged inputs and the stored outputs fit in shared memory
-    (the least a ring of TMA stores needs)."""
-    return _stages(TILE, (*staged, *out_tiles)) >= 2
-
-
 def supported(d: int, unroll: int, chunks: int, interpret: bool) -> str | None:
     """Why the Mosaic kernels cannot run this call (``None`` when they can)."""
     if plgpu is None:
@@ -88,30 +79,7 @@ def supported(d: int, unroll: int, chunks: int, interpret: bool) -> str | None:
     return None
 
 
-def _loop_storing(ops, tiles, tile_body, carry, out_slots, out_refs, b, cols):
-    """``tiles.loop(tile_body, carry)``; with ``out_slots`` (shared-memory rings the body
-    writes at its slot), each tile's slots are then stored by TMA to its rows of
-    ``out_refs``."""
-    if not out_slots:
-        return tiles.loop(tile_body, carry)
-    n = len(out_slots)
-
-    def before_release(tile, slot):
-        # The next tile writes the out slots whose stores were issued stages - 1 tiles ago:
-        # they have been read once at most the stages - 2 latest tiles' stores are pending.
-        ops.wait_stores(n * (tiles.stages - 2))
-
-    def after_release(tile, slot):
-        rows = pl.ds(tile * TILE, TILE)
-        for o, r in zip(out_slots, out_refs, strict=True):
-            ops.store(o.at[slot], r.at[b, rows, cols])
-
-    carry = tiles.loop(tile_body, carry, before_release, after_release)
-    ops.wait_stores(0, read_only=False)
-    return carry
-
-
-def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, tma_out, ops):
+def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
     na = p
     a_refs, b_refs, h0_refs, h_refs = (
         refs[:na],
@@ -121,9 +89,7 @@ def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, tma_out, ops):
     )
     rest = refs[na + 3 * p :]
     n_slots = p if lti else 2 * p
-    n_out = p if tma_out else 0
-    slots, out_slots = rest[:n_slots], rest[n_slots : n_slots + n_out]
-    bars = None if ops.interpret else rest[n_slots + n_out]
+    slots, bars = rest[:n_slots], (None if ops.interpret else rest[n_slots])
     di, b = ops.program_ids()
     cols = pl.ds(di * BLOCK_D, BLOCK_D)
     seqs = tuple(b_refs) if lti else (*a_refs, *b_refs)
@@ -145,28 +111,21 @@ def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, tma_out, ops):
                 a = a_lti or [ops.vec(s.at[slot, t]).astype(_F32) for s in a_slots]
                 x = [ops.vec(s.at[slot, t]).astype(_F32) for s in b_slots]
                 h = _add(_mul(a, h), x)
-                if tma_out:
-                    for o, v in zip(out_slots, h, strict=True):
-                        o[slot, t] = v.astype(o.dtype)
-                else:
-                    for r, v in zip(h_refs, h, strict=True):
-                        r[b, tile * TILE + t, cols] = v.astype(r.dtype)
+                for r, v in zip(h_refs, h, strict=True):
+                    r[b, tile * TILE + t, cols] = v.astype(r.dtype)
             return tuple(h)
 
         return lax.fori_loop(0, TILE // unroll, group, h)
 
-    _loop_storing(ops, tiles, tile_body, tuple(h), out_slots, h_refs, b, cols)
+    tiles.loop(tile_body, tuple(h))
 
 
-def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, tma_out, ops):
+def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
     a_refs, h_refs, dh_refs, h0_refs = (refs[i * p : (i + 1) * p] for i in range(4))
     g_refs, da_refs, dh0_refs = (refs[(4 + i) * p : (5 + i) * p] for i in range(3))
     rest = refs[7 * p :]
     n_slots = 2 * p if lti else 3 * p
-    n_out = (p if lti else 2 * p) if tma_out else 0
-    slots, out_slots = rest[:n_slots], rest[n_slots : n_slots + n_out]
-    bars = None if ops.interpret else rest[n_slots + n_out]
-    g_out, da_out = out_slots[:p], out_slots[p:]
+    slots, bars = rest[:n_slots], (None if ops.interpret else rest[n_slots])
     di, b = ops.program_ids()
     cols = pl.ds(di * BLOCK_D, BLOCK_D)
     seqs = (*h_refs, *dh_refs) if lti else (*a_refs, *h_refs, *dh_refs)
@@ -199,17 +158,10 @@ def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, tma_out, ops):
             a = a_lti or [ops.vec(s.at[slot, t]).astype(_F32) for s in a_slots]
             g = _add([ops.vec(s.at[slot, t]).astype(_F32) for s in dh_slots], c)
             da = _mul(g, h_prev, conj=True)
-            if tma_out:
-                for o, v in zip(g_out, g, strict=True):
-                    o[slot, t] = v.astype(o.dtype)
-            else:
-                for r, v in zip(g_refs, g, strict=True):
-                    r[b, start + t, cols] = v.astype(r.dtype)
+            for r, v in zip(g_refs, g, strict=True):
+                r[b, start + t, cols] = v.astype(r.dtype)
             if lti:
                 da_sum = tuple(_add(da_sum, da))
-            elif tma_out:
-                for o, v in zip(da_out, da, strict=True):
-                    o[slot, t] = v.astype(o.dtype)
             else:
                 for r, v in zip(da_refs, da, strict=True):
                     r[b, start + t, cols] = v.astype(r.dtype)
@@ -241,9 +193,7 @@ def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, tma_out, ops):
         return tuple(c), da_sum
 
     zeros = [h * 0.0 for h in h0]  # the adjoint's start (in the registers' layout)
-    out_refs = (*g_refs, *(() if lti else da_refs))
-    carry = (tuple(zeros), tuple(zeros) if lti else None)
-    c, da_sum = _loop_storing(ops, tiles, tile_body, carry, out_slots, out_refs, b, cols)
+    c, da_sum = tiles.loop(tile_body, (tuple(zeros), tuple(zeros) if lti else None))
     if lti:
         for r, v in zip(da_refs, da_sum, strict=True):
             r[b, cols] = v
@@ -272,16 +222,11 @@ def _tiling(length: int) -> tuple[int, int]:
     return n_tiles, n_tiles * TILE - length
 
 
-def _call(cfg, body, staged, out_shape, n_in: int, grid, name: str, out_tiles=()):
+def _call(cfg, body, staged, out_shape, n_in: int, grid, name: str):
     """``body(*refs, ops=...)`` launched with one ring slot per dtype of ``staged`` (the
-    staged arrays, in slot order) and of ``out_tiles`` (tiles stored by TMA), as many tiles
-    in flight as fit."""
+    staged arrays, in slot order), as many tiles in flight as fit."""
     slot_shapes = [((TILE, BLOCK_D), dt) for dt in staged]
-    out_shapes = [((TILE, BLOCK_D), dt) for dt in out_tiles]
-    stages = _stages(TILE, (*staged, *out_tiles))
-    if out_tiles:  # the store ring needs a slot being filled and one being stored
-        stages = max(2, stages)
-    scratch = staging(slot_shapes, stages, cfg.interpret, out_shapes)
+    scratch = staging(slot_shapes, _stages(TILE, staged), cfg.interpret)
     ops = Ops(cfg.interpret)
     kernel = lambda *refs: body(*refs, ops=ops)
     return launch(
@@ -299,30 +244,17 @@ def run_fwd_mosaic(cfg, ap, bp, h0p):
     """The ``h`` planes ``(batch, l, d)`` (as ``linear_scan._run_fwd``)."""
     batch, length, d = bp[0].shape
     p, lti = len(bp), ap[0].ndim == 2
-    if PAIRS and lti and p == 2:
-        from pallas_kernels._linear_scan_mosaic_pairs import run_fwd_pairs
-
-        return run_fwd_pairs(cfg, ap, bp, h0p)
     n_tiles, pad = _tiling(length)
     seq = lambda v: _pad(v, pad, cfg.reverse)
     ap = ap if lti else tuple(seq(v) for v in ap)
     bp = tuple(seq(v) for v in bp)
     staged = ([] if lti else [v.dtype for v in ap]) + [v.dtype for v in bp]  # slot order
-    tma_out = TMA_OUT and _fits_out(staged, [bp[0].dtype] * p)
     body = functools.partial(
-        _fwd_kernel,
-        p=p,
-        lti=lti,
-        reverse=cfg.reverse,
-        n_tiles=n_tiles,
-        unroll=cfg.unroll,
-        tma_out=tma_out,
+        _fwd_kernel, p=p, lti=lti, reverse=cfg.reverse, n_tiles=n_tiles, unroll=cfg.unroll
     )
     out_shape = [jax.ShapeDtypeStruct((batch, length + pad, d), bp[0].dtype)] * p
     grid = (d // BLOCK_D, batch)
-    out_tiles = [bp[0].dtype] * p if tma_out else []
-    name = "linear_scan_fwd_mosaic"
-    call = _call(cfg, body, staged, out_shape, 3 * p, grid, name, out_tiles)
+    call = _call(cfg, body, staged, out_shape, 3 * p, grid, "linear_scan_fwd_mosaic")
     hp = call(*ap, *bp, *h0p)
     return tuple(_unpad(h, length, pad, cfg.reverse) for h in hp)
 
@@ -336,16 +268,8 @@ def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype):
     ap = ap if lti else tuple(seq(v) for v in ap)
     hp, dhp = tuple(seq(v) for v in hp), tuple(seq(v) for v in dhp)
     staged = ([] if lti else [v.dtype for v in ap]) + [v.dtype for v in (*hp, *dhp)]
-    out_dtypes = [b_dtype] * p + ([] if lti else [ap[0].dtype] * p)
-    tma_out = TMA_OUT_BWD and _fits_out(staged, out_dtypes)
     body = functools.partial(
-        _bwd_kernel,
-        p=p,
-        lti=lti,
-        reverse=cfg.reverse,
-        n_tiles=n_tiles,
-        unroll=cfg.unroll,
-        tma_out=tma_out,
+        _bwd_kernel, p=p, lti=lti, reverse=cfg.reverse, n_tiles=n_tiles, unroll=cfg.unroll
     )
     seq_shape = (batch, length + pad, d)
     da_type = jax.ShapeDtypeStruct((batch, d) if lti else seq_shape, _F32 if lti else ap[0].dtype)
@@ -355,9 +279,7 @@ def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype):
         + [jax.ShapeDtypeStruct((batch, d), h0p[0].dtype)] * p
     )
     grid = (d // BLOCK_D, batch)
-    out_tiles = out_dtypes if tma_out else []
-    name = "linear_scan_bwd_mosaic"
-    call = _call(cfg, body, staged, out_shape, 4 * p, grid, name, out_tiles)
+    call = _call(cfg, body, staged, out_shape, 4 * p, grid, "linear_scan_bwd_mosaic")
     outs = call(*ap, *hp, *dhp, *h0p)
     unpad = lambda vs: tuple(_unpad(v, length, pad, cfg.reverse) for v in vs)
     g = unpad(outs[:p])

@@ -47,11 +47,10 @@ class Ops:
         return lax.axis_index("d"), lax.axis_index("b")
 
     def vec(self, ref):
-        """A ref of ``BLOCK_D`` elements (HBM or shared, any shape, strided views too) ->
-        registers, one element per thread in row-major order."""
+        """A ``(BLOCK_D,)`` ref (HBM or shared) -> registers, one element per thread."""
         if self.interpret:
             return ref[...]
-        layout = plgpu.Layout.WG_STRIDED(tuple(ref.shape), vec_size=1)
+        layout = plgpu.Layout.WG_STRIDED((BLOCK_D,), vec_size=1)
         return plgpu.load(ref, (), layout=layout, optimized=False)
 
     def stage(self, src, dst, bar):
@@ -71,27 +70,12 @@ class Ops:
         if not self.interpret:
             plgpu.commit_smem()
 
-    def store(self, src, dst):
-        """Copy ``src`` (shared memory, written before a :meth:`release`) to ``dst`` (HBM)
-        by TMA, one commit group per call."""
-        if self.interpret:
-            dst[...] = src[...]
-        else:
-            plgpu.copy_smem_to_gmem(src, dst)
 
-    def wait_stores(self, pending: int, read_only: bool = True):
-        """At most the ``pending`` latest :meth:`store` groups still reading shared memory
-        (``read_only``) or still in flight."""
-        if not self.interpret:
-            plgpu.wait_smem_to_gmem(pending, wait_read_only=read_only)
-
-
-def staging(slot_shapes, stages: int, interpret: bool, out_shapes=()) -> list:
+def staging(slot_shapes, stages: int, interpret: bool) -> list:
     """Scratch for a :class:`TileRing`: one ``(stages, *shape)`` shared-memory buffer per
-    ``(shape, dtype)`` of ``slot_shapes``, then one per ``(shape, dtype)`` of ``out_shapes``
-    (tiles written by the kernel and stored by TMA, as many slots), and, compiled, the
-    ring's TMA barriers (one per slot, one arrival per staged array)."""
-    scratch = [plgpu.SMEM((stages, *shape), dtype) for shape, dtype in (*slot_shapes, *out_shapes)]
+    ``(shape, dtype)`` of ``slot_shapes`` and, compiled, the ring's TMA barriers (one per
+    slot, one arrival per staged array)."""
+    scratch = [plgpu.SMEM((stages, *shape), dtype) for shape, dtype in slot_shapes]
     if not interpret:
         scratch.append(plgpu.Barrier(num_arrivals=len(slot_shapes), num_barriers=stages))
     return scratch
@@ -124,20 +108,14 @@ class TileRing:
         for i in range(min(self.stages, self.n_tiles)):
             self.issue(i, i)
 
-    def loop(self, body, carry, before_release=None, after_release=None):
-        """``body(time_tile, slot, carry) -> carry`` over the tiles in processing order;
-        ``before_release(time_tile, slot)`` / ``after_release(time_tile, slot)`` run around
-        the barrier that ends each tile (e.g. to store the tile's output by TMA)."""
+    def loop(self, body, carry):
+        """``body(time_tile, slot, carry) -> carry`` over the tiles in processing order."""
 
         def one(k, carry):
             slot = lax.rem(k, self.stages)
             self.ops.wait(None if self.bars is None else self.bars.at[slot])
             carry = body(self.order(k), slot, carry)
-            if before_release is not None:
-                before_release(self.order(k), slot)
             self.ops.release()
-            if after_release is not None:
-                after_release(self.order(k), slot)
 
             @pl.when(k + self.stages < self.n_tiles)
             def _():

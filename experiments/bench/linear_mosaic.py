@@ -1,19 +1,21 @@
 """Variants of the Mosaic GPU ``linear_scan`` kernels side by side, same run (Hopper only).
 
-Each variant sets module switches of :mod:`pallas_kernels._linear_scan_mosaic` (tiles in
-flight ``MAX_STAGES``, the forward's ``h`` stored a tile at a time by TMA ``TMA_OUT``) or a
-kernel option (``unroll``), compiles fresh, checks ``h`` and the gradients against the
-associative scan of ``ssmjax.ops.linear_recurrence`` and times forward and forward+backward
-(median ms). The ``xla copy`` rows time a fused XLA elementwise op moving the same arrays as
-the forward (read ``a``, ``b``, write ``h``) and the backward: the bandwidth floor as this
-GPU reaches it.
+Each variant sets module constants of :mod:`pallas_kernels._linear_scan_mosaic` (tiles in
+flight ``MAX_STAGES``, steps per TMA tile ``TILE``) or a kernel option (``unroll``),
+compiles fresh, checks ``h`` and the gradients against the associative scan of
+``ssmjax.ops.linear_recurrence`` and times forward and forward+backward (median ms), at the
+benchmark shapes or the same kind of input at another ``(batch, l, d)``. The ``xla copy``
+rows time fused XLA elementwise ops moving the same arrays as the forward (read ``a``,
+``b``, write ``h``; time-invariant: read ``b``, write ``h``) and the backward: the
+bandwidth XLA itself reaches with these arrays on this GPU, next to the spec-sheet floor.
 
-    python -m experiments.bench.linear_mosaic [--variants base,tma,stages=6,tma+stages=5,unroll=32]
+    python -m experiments.bench.linear_mosaic [--variants base,stages=6,tile=16,unroll=32]
         [--shapes fp32-tv,c64-ti,c64-tv,fp32-tv:4x8192x2048] [--repeats 15]
 
-A variant is ``+``-joined ``key[=value]`` items: ``tma`` (``TMA_OUT``), ``tmab``
-(``TMA_OUT_BWD``), ``pairs`` (``PAIRS``), ``stages=N`` (``MAX_STAGES``), ``tile=N``
-(``TILE``, steps per TMA tile), ``unroll=N``; ``base`` is the defaults.
+A variant is ``+``-joined ``key=value`` items: ``stages=N`` (``MAX_STAGES``), ``tile=N``
+(``TILE``), ``unroll=N``; ``base`` is the defaults. (The ninth session's variants that
+stored outputs by TMA and put a complex channel's planes on two lanes ran at commit
+1ac3bda; BENCHMARKS.md.)
 """
 
 import argparse
@@ -44,13 +46,7 @@ def parse_variant(spec: str) -> tuple[dict, dict]:
         key, _, value = item.partition("=")
         if key == "base":
             continue
-        if key == "tma":
-            switches["TMA_OUT"] = True
-        elif key == "tmab":
-            switches["TMA_OUT_BWD"] = True
-        elif key == "pairs":
-            switches["PAIRS"] = True
-        elif key == "stages":
+        if key == "stages":
             switches["MAX_STAGES"] = int(value)
         elif key == "tile":
             switches["TILE"] = int(value)
@@ -190,7 +186,7 @@ def bench_shape(name, variants, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="base,tma,stages=6,tma+stages=5,unroll=32,base")
+    parser.add_argument("--variants", default="base,stages=6,tile=16,unroll=32,base")
     parser.add_argument("--shapes", default="fp32-tv,c64-ti,c64-tv")
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)

@@ -143,8 +143,8 @@ def test_linear_mosaic_variants_and_shapes():
     from experiments.bench.linear_mosaic import parse_shape, parse_variant
 
     assert parse_variant("base") == ({}, {})
-    assert parse_variant("tma+tmab+stages=5+tile=16+unroll=4") == (
-        {"TMA_OUT": True, "TMA_OUT_BWD": True, "MAX_STAGES": 5, "TILE": 16},
+    assert parse_variant("stages=5+tile=16+unroll=4") == (
+        {"MAX_STAGES": 5, "TILE": 16},
         {"unroll": 4},
     )
     with pytest.raises(ValueError, match="unknown variant"):
@@ -166,7 +166,7 @@ def test_linear_mosaic_rows_interpreted(monkeypatch):
     planes = functools.partial(ls.linear_scan_planes, interpret=True)
     monkeypatch.setattr(lmb, "linear_scan_planes", planes)
     monkeypatch.setitem(lmb.SHAPES, "tiny", ((2, 40, 128), "complex64", True))
-    rows = lmb.bench_shape("tiny", ["base", "tma+tile=16"], repeats=1)
-    assert [r["variant"] for r in rows[2:]] == ["base", "tma+tile=16"]
+    rows = lmb.bench_shape("tiny", ["base", "stages=1+tile=16"], repeats=1)
+    assert [r["variant"] for r in rows[2:]] == ["base", "stages=1+tile=16"]
     assert all(r["ok"] == "OK" for r in rows[2:])
-    assert (lm.TMA_OUT, lm.TILE) == (False, 32)
+    assert (lm.MAX_STAGES, lm.TILE) == (3, 32)

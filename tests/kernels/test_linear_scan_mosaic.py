@@ -90,73 +90,6 @@ def test_matches_sequential(rng, dtype, length, reverse, form, state, unroll):
     check_against_sequential(kernel, a, b, h0, ct, dtype, reverse, n_a=_n_a(form, length))
 
 
-TMA_OUT_CASES = ["fp32-l161-full-rev", "c64-l37-full", "c64-l64-perseq", "bf16-l37-full-rev"]
-
-
-@pytest.mark.parametrize("case", TMA_OUT_CASES)
-def test_tma_out_matches_sequential(rng, monkeypatch, case):
-    """Outputs written to shared memory and stored a tile at a time by TMA (``TMA_OUT``,
-    ``TMA_OUT_BWD``): the same results, through the store ring (161 steps: 6 tiles, slots
-    reused)."""
-    dtype, length, reverse, form, state, unroll = CASES[case]
-    monkeypatch.setattr(lm, "TMA_OUT", True)
-    monkeypatch.setattr(lm, "TMA_OUT_BWD", True)
-    stores = []
-    store = lm.Ops.store
-    monkeypatch.setattr(lm.Ops, "store", lambda self, *a: stores.append(1) or store(self, *a))
-    a, b, h0, ct = _inputs(rng, dtype, length, form, state)
-
-    def kernel(a, b, h0):
-        return linear_scan(
-            a, b, h0, reverse=reverse, interpret=True, unroll=unroll, layout="mosaic"
-        )
-
-    check_against_sequential(kernel, a, b, h0, ct, dtype, reverse, n_a=_n_a(form, length))
-    assert stores  # the TMA store path was traced
-
-
-PAIRS_CASES = [k for k, v in CASES.items() if v[0] == "complex64" and v[3] != "full"]
-
-
-@pytest.mark.parametrize("case", PAIRS_CASES)
-def test_pairs_matches_sequential(rng, monkeypatch, case):
-    """The complex time-invariant forward on paired lanes (``PAIRS``; 64 channels a
-    program, the partner plane by a lane swap): forward and gradients (its backward is the
-    one-channel-per-thread kernel's) against the reference."""
-    dtype, length, reverse, form, state, unroll = CASES[case]
-    monkeypatch.setattr(lm, "PAIRS", True)
-    import pallas_kernels._linear_scan_mosaic_pairs as lp
-
-    calls = []
-    run = lp.run_fwd_pairs
-    monkeypatch.setattr(lp, "run_fwd_pairs", lambda *a: calls.append(1) or run(*a))
-    a, b, h0, ct = _inputs(rng, dtype, length, form, state)
-
-    def kernel(a, b, h0):
-        return linear_scan(
-            a, b, h0, reverse=reverse, interpret=True, unroll=unroll, layout="mosaic"
-        )
-
-    check_against_sequential(kernel, a, b, h0, ct, dtype, reverse, n_a=_n_a(form, length))
-    assert calls
-
-
-def test_pairs_bf16_planes_match_complex(rng, monkeypatch):
-    """bf16 planes through the paired-lanes forward equal the one-channel-per-thread
-    kernel's (both carry fp32 states and round each stored row once)."""
-    a, b, h0, _ = _inputs(rng, "complex64", 45, "per_seq", (128,))
-    ap = (jnp.real(a), jnp.imag(a))
-    bp = (jnp.real(b).astype(jnp.bfloat16), jnp.imag(b).astype(jnp.bfloat16))
-    h0p = (jnp.real(h0), jnp.imag(h0))
-    run = lambda: linear_scan_planes(ap, bp, h0p, interpret=True, layout="mosaic", reverse=True)
-    want = run()
-    monkeypatch.setattr(lm, "PAIRS", True)
-    got = run()
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == jnp.bfloat16
-        assert_allclose(g, w, dtype=jnp.bfloat16, n=45)
-
-
 @pytest.mark.parametrize(
     ("dtype", "length", "reverse", "form"),
     [("float32", 37, True, "full"), ("complex64", 37, False, "per_seq")],
@@ -275,23 +208,6 @@ def test_lowers_to_mosaic_gpu(hopper, dtype, shape, form, reverse):
     assert text.count(MOSAIC) == 1 and TRITON not in text
     text = lowered(grad, *args)
     assert text.count(MOSAIC) == 2 and TRITON not in text
-
-
-@pytest.mark.parametrize("case", ["fp32-full", "c64-full-rev", "c64-perseq", "bf16-full-odd"])
-def test_tma_out_lowers_to_mosaic_gpu(hopper, monkeypatch, case):
-    """The TMA store ring lowers for CUDA (shared memory within bounds: complex time-varying
-    backward, 10 planes a slot, falls back to direct stores)."""
-    monkeypatch.setattr(lm, "TMA_OUT", True)
-    monkeypatch.setattr(lm, "TMA_OUT_BWD", True)
-    test_lowers_to_mosaic_gpu(hopper, *LOWERINGS[case])
-
-
-@pytest.mark.parametrize("case", ["c64-shared-rev-odd", "c64-perseq", "c64-shared-192-padded"])
-def test_pairs_lowers_to_mosaic_gpu(hopper, monkeypatch, case):
-    """The paired-lanes forward (``PAIRS``: strided ring views, warp shuffles by inline
-    Mosaic GPU, 8 TMA boxes a tile each way) lowers for CUDA."""
-    monkeypatch.setattr(lm, "PAIRS", True)
-    test_lowers_to_mosaic_gpu(hopper, *LOWERINGS[case])
 
 
 # ----------------------------------------------------------------------------------------
