@@ -179,6 +179,23 @@ def supported(cfg: _Config, p: _Inputs) -> str | None:
     return None
 
 
+def kernel_inputs(p: _Inputs, pad: int) -> dict:
+    """The inputs the Mosaic forward and backward both take: ``x``, ``dt``, ``z`` padded by
+    ``pad`` steps at the end, ``B``/``C`` as :func:`bc_tiles`, ``A2`` = ``A log2(e)`` ``(n,
+    d)`` fp32, ``D``, ``bias`` fp32 (``None`` where absent)."""
+    seq = lambda v: pad_time(v, pad)
+    return {
+        "x": seq(p.x),
+        "dt": seq(p.dt),
+        "z": None if p.z is None else seq(p.z),
+        "B": bc_tiles(p.B, pad),
+        "C": bc_tiles(p.C, pad),
+        "A2": (p.A.astype(_F32) * _LOG2E).T,
+        "D": None if p.D is None else p.D.astype(_F32),
+        "bias": None if p.dt_bias is None else p.dt_bias.astype(_F32),
+    }
+
+
 def run_fwd_mosaic(cfg: _Config, p: _Inputs, save: bool):
     """``[y (b, l, d), h_last (b, d, n) fp32]`` (+ ``ckpt (b, ceil(l / ckpt_every), n, d)``
     fp32 when ``save``), as ``selective_scan._run_fwd`` returns them; the call was checked
@@ -188,18 +205,8 @@ def run_fwd_mosaic(cfg: _Config, p: _Inputs, save: bool):
     n_tiles = -(-length // cfg.tile)
     pad = n_tiles * cfg.tile - length
 
-    seq = lambda v: pad_time(v, pad)
-    arrays = {
-        "x": seq(p.x),
-        "dt": seq(p.dt),
-        "z": None if p.z is None else seq(p.z),
-        "B": bc_tiles(p.B, pad),
-        "C": bc_tiles(p.C, pad),
-        "A2": (p.A.astype(_F32) * _LOG2E).T,  # (n, d)
-        "h0": jnp.swapaxes(p.h0.astype(_F32), 1, 2),  # (b, n, d)
-        "D": None if p.D is None else p.D.astype(_F32),
-        "bias": None if p.dt_bias is None else p.dt_bias.astype(_F32),
-    }
+    arrays = kernel_inputs(p, pad)
+    arrays["h0"] = jnp.swapaxes(p.h0.astype(_F32), 1, 2)  # (b, n, d)
     ins, _ = _names(cfg, save)
     padded = n_tiles * cfg.tile
     out_shape = [

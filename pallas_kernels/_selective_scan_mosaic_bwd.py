@@ -61,10 +61,14 @@ from pallas_kernels._selective_scan_common import (
     sum_blocks,
     to_blgn,
 )
-from pallas_kernels._selective_scan_mosaic import _sigmoid, _softplus, bc_tiles, pad_time
+from pallas_kernels._selective_scan_mosaic import (
+    _LN2,
+    _sigmoid,
+    _softplus,
+    kernel_inputs,
+    pad_time,
+)
 
-_LOG2E = math.log2(math.e)
-_LN2 = math.log(2.0)
 WARP = 32
 WARPS = BLOCK_D // WARP
 MAX_N = WARP // 2  # 2 n products per step, at most one per lane
@@ -398,20 +402,10 @@ def run_bwd_mosaic(cfg: _Config, p: _Inputs, ckpt, dy, dh) -> _Inputs:
     pad = n_tiles * T - length
     padded = length + pad
 
-    seq = lambda v: pad_time(v, pad)
-    arrays = {
-        "x": seq(p.x),
-        "dt": seq(p.dt),
-        "z": None if p.z is None else seq(p.z),
-        "dy": seq(dy.astype(p.x.dtype)),
-        "B": bc_tiles(p.B, pad),
-        "C": bc_tiles(p.C, pad),
-        "ckpt": ckpt,
-        "A2": (p.A.astype(_F32) * _LOG2E).T,  # (n, d)
-        "dh": jnp.swapaxes(dh.astype(_F32), 1, 2),  # (b, n, d)
-        "D": None if p.D is None else p.D.astype(_F32),
-        "bias": None if p.dt_bias is None else p.dt_bias.astype(_F32),
-    }
+    arrays = kernel_inputs(p, pad)
+    arrays["dy"] = pad_time(dy.astype(p.x.dtype), pad)
+    arrays["ckpt"] = ckpt
+    arrays["dh"] = jnp.swapaxes(dh.astype(_F32), 1, 2)  # (b, n, d)
     seq_names, ins, outs = _names(cfg)
     seq_shape = lambda dtype: jax.ShapeDtypeStruct((b, padded, d), dtype)
     shapes = {
