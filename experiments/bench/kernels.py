@@ -1,7 +1,9 @@
 """Benchmark of the Pallas kernels against the XLA forms, checked in the same run.
 
 Tables (median ms after warm-up; forward, and forward+backward = ``grad`` of
-``sum(out * cotangent)`` w.r.t. every input):
+``sum(out * cotangent)`` w.r.t. every input), on two clocks: per call (host wall time, each
+call synchronised) and device time (``dev``: the summed kernel time of a call, by CUPTI; what
+the op costs inside a larger jitted program, and what the floors are compared with):
 
 * ``linear_recurrence`` at (8, 4096, 2048) fp32 and (8, 4096, 1024) complex64 (time-varying
   ``a``, and time-invariant ``a`` of shape ``(d,)`` as in S5/LRU): pallas vs associative vs
@@ -35,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench._harness import header, table, time_ms
+from experiments.bench._harness import device_ms, header, table, time_ms
 from pallas_kernels.linear_scan import linear_scan, linear_scan_planes
 from pallas_kernels.selective_scan import selective_scan as selective_scan_kernel
 from ssmjax.ops import linear_recurrence, selective_scan
@@ -114,6 +116,22 @@ def ss_inputs(b, length, d, n, dtype, *, g=1, seed=0, gate=True):
 # ----------------------------------------------------------------------------------------
 
 
+SCAN_KINDS = {"fp32-tv": ("float32", False), "c64-tv": ("complex64", False)}
+SCAN_KINDS["c64-ti"] = ("complex64", True)
+
+
+def parse_scan_shape(spec: str):
+    """``"c64-ti:8x4096x256"`` -> ``((8, 4096, 256), "complex64", True)`` (kind: fp32-tv,
+    c64-tv or c64-ti: float32 or complex64, time-varying or time-invariant ``a``)."""
+    kind, _, dims = spec.partition(":")
+    if kind not in SCAN_KINDS or not dims:
+        raise ValueError(f"{spec!r}: give KIND:BxLxD with KIND in {sorted(SCAN_KINDS)}")
+    shape = tuple(int(x) for x in dims.split("x"))
+    if len(shape) != 3:
+        raise ValueError(f"{spec!r}: give batch x l x d")
+    return (shape, *SCAN_KINDS[kind])
+
+
 def scan_fns(impl, reverse=False, **kw):
     if impl == "pallas-kernel":
         run = lambda a, b: linear_scan(a, b, reverse=reverse, **kw)
@@ -157,8 +175,10 @@ def bench_scan(
             continue
         t_f = time_ms(fwd, a, b, repeats=repeats)
         t_b = time_ms(grad, a, b, ct, repeats=repeats)
+        dev = (device_ms(fwd, a, b), device_ms(grad, a, b, ct))
         floors = (fwd_bytes, bwd_bytes, hbm_tbps)
-        rows.append(_scan_row(impl, t_f, t_b, floors, rel_err(h, h_ref), tree_err(g, g_ref)))
+        errs = (rel_err(h, h_ref), tree_err(g, g_ref))
+        rows.append(_scan_row(impl, t_f, t_b, floors, *errs, dev=dev))
     if jnp.iscomplexobj(b):
         for impl in impls:
             if impl == "pallas" or impl.startswith("pallas:"):
@@ -167,17 +187,21 @@ def bench_scan(
                 rows.append(bench_scan_planes(a, b, ct, floors, repeats, impl, kw))
     base = {r["impl"]: r for r in rows if "fwd ms" in r}
     if "pallas" in base and "associative" in base:
+        assoc = base["associative"]
         for r in rows:
             if "fwd ms" in r:
-                r["assoc/this fwd+bwd"] = base["associative"]["fwd+bwd ms"] / r["fwd+bwd ms"]
+                r["assoc/this fwd+bwd"] = assoc["fwd+bwd ms"] / r["fwd+bwd ms"]
+            if r.get("fwd+bwd dev ms") and assoc.get("fwd+bwd dev ms"):
+                r["assoc/this fwd+bwd dev"] = assoc["fwd+bwd dev ms"] / r["fwd+bwd dev ms"]
     return rows
 
 
-def _scan_row(impl, t_f, t_b, floors, err_fwd, err_grad, note=None):
-    """One linear_recurrence table row: times, achieved bandwidth and ratios to the floor
-    (``floors = (fwd_bytes, bwd_bytes, hbm_tbps)``)."""
+def _scan_row(impl, t_f, t_b, floors, err_fwd, err_grad, note=None, dev=(None, None)):
+    """One linear_recurrence table row: per-call times, achieved bandwidth and ratios to the
+    floor (``floors = (fwd_bytes, bwd_bytes, hbm_tbps)``), and the same on device time
+    (``dev = (fwd, fwd+bwd)`` kernel-sum ms, ``None`` where not measured)."""
     fwd_bytes, bwd_bytes, hbm_tbps = floors
-    print(f"  {impl:<12} fwd {t_f:8.3f} ms  fwd+bwd {t_b:8.3f} ms", flush=True)
+    print(f"  {impl:<12} fwd {t_f:8.3f} ms  fwd+bwd {t_b:8.3f} ms  device {dev}", flush=True)
     row = {
         "impl": impl,
         "fwd ms": t_f,
@@ -188,6 +212,13 @@ def _scan_row(impl, t_f, t_b, floors, err_fwd, err_grad, note=None):
         "err fwd": err_fwd,
         "err grad": err_grad,
     }
+    d_f, d_b = dev
+    if d_f:
+        row["fwd dev ms"] = d_f
+        row["fwd dev / floor"] = d_f / (fwd_bytes / hbm_tbps / 1e9)
+    if d_b:
+        row["fwd+bwd dev ms"] = d_b
+        row["fwd+bwd dev / floor"] = d_b / ((fwd_bytes + bwd_bytes) / hbm_tbps / 1e9)
     if note:
         row["note"] = note
     return row
@@ -221,8 +252,10 @@ def bench_scan_planes(a, b, ct, floors, repeats, impl="pallas", kw=None):
     h_ref, g_ref = jax.jit(ref)(ap, bp), loss_of(ref)(ap, bp)
     t_f = time_ms(fwd, ap, bp, repeats=repeats)
     t_b = time_ms(grad, ap, bp, repeats=repeats)
+    dev = (device_ms(fwd, ap, bp), device_ms(grad, ap, bp))
     err_grad = max(tree_err(x, y) for x, y in zip(g, g_ref, strict=True))
-    return _scan_row(label, t_f, t_b, floors, tree_err(h, h_ref), err_grad, "planes in and out")
+    errs = (tree_err(h, h_ref), err_grad)
+    return _scan_row(label, t_f, t_b, floors, *errs, "planes in and out", dev=dev)
 
 
 def _planes_of(h):
@@ -317,10 +350,15 @@ def bench_ss(b, length, d, n, dtype, repeats, impls):
             ours = impl.startswith("pallas") or impl == "jla"
             row["fwd ms"] = time_ms(fwd, args, repeats=repeats if ours else 5)
             row["fwd exp/s"] = exps / row["fwd ms"] * 1e3
+            if impl != "sequential":
+                row["fwd dev ms"] = device_ms(fwd, args, iterations=10 if ours else 3)
             results[impl] = {"y": y}
             g = jax.block_until_ready(grad(args, dy))
             row["fwd+bwd ms"] = time_ms(grad, args, dy, repeats=repeats if ours else 3)
             row["fwd+bwd exp/s (2/elem)"] = 2 * exps / row["fwd+bwd ms"] * 1e3
+            if impl != "sequential":
+                its = 10 if ours else 3
+                row["fwd+bwd dev ms"] = device_ms(grad, args, dy, iterations=its)
             results[impl]["g"] = [g[k] for k in SS_ARGS]
             row["wall s"] = time.perf_counter() - t0
         except Exception as e:  # e.g. out of memory for the big XLA forms
@@ -331,17 +369,19 @@ def bench_ss(b, length, d, n, dtype, repeats, impls):
     ref = "sequential" if "sequential" in results else "chunked"
     for row in rows:  # rows that ran before the reference
         _ss_errors(row, results, ref)
-    fastest = min(
-        (r["fwd+bwd ms"] for r in rows if r["impl"] in XLA_IMPLS and "fwd+bwd ms" in r),
-        default=None,
-    )
-    anchor = next((r for r in rows if r["impl"] == "jla" and "fwd+bwd ms" in r), None)
-    for row in rows:
-        if fastest and "fwd+bwd ms" in row:
-            row["best XLA/this fwd+bwd"] = fastest / row["fwd+bwd ms"]
-        if anchor and "fwd+bwd ms" in row:
-            row["this/jla fwd"] = row["fwd ms"] / anchor["fwd ms"]
-            row["this/jla fwd+bwd"] = row["fwd+bwd ms"] / anchor["fwd+bwd ms"]
+    for clock in ("", " dev"):
+        key_f, key_b = f"fwd{clock} ms", f"fwd+bwd{clock} ms"
+        fastest = min(
+            (r[key_b] for r in rows if r["impl"] in XLA_IMPLS and r.get(key_b)),
+            default=None,
+        )
+        anchor = next((r for r in rows if r["impl"] == "jla" and r.get(key_b)), None)
+        for row in rows:
+            if fastest and row.get(key_b):
+                row[f"best XLA/this fwd+bwd{clock}"] = fastest / row[key_b]
+            if anchor and row.get(key_b) and row.get(key_f) and anchor.get(key_f):
+                row[f"this/jla fwd{clock}"] = row[key_f] / anchor[key_f]
+                row[f"this/jla fwd+bwd{clock}"] = row[key_b] / anchor[key_b]
     return rows
 
 
@@ -566,6 +606,12 @@ def main(argv=None):
         "options (e.g. pallas:layout=mosaic); complex shapes add a planes row per pallas row",
     )
     parser.add_argument(
+        "--scan-shapes",
+        default=None,
+        help="comma-separated linear_recurrence shapes instead of the three defaults, "
+        "KIND:BxLxD with KIND fp32-tv, c64-tv or c64-ti (e.g. c64-ti:8x4096x256)",
+    )
+    parser.add_argument(
         "--ss-check-impls",
         default="pallas",
         help="comma-separated selective_scan rows of --check ('pallas:opt+opt=value': the "
@@ -610,8 +656,11 @@ def bench(args):
     ]
     if args.quick:
         scan_shapes = [((2, 256, 64), "float32", False), ((2, 256, 32), "complex64", True)]
+    if args.scan_shapes:
+        scan_shapes = [parse_scan_shape(x) for x in args.scan_shapes.split(",")]
     cols = ["impl", "fwd ms", "fwd+bwd ms", "fwd TB/s", "fwd / floor", "fwd+bwd / floor"]
-    cols += ["assoc/this fwd+bwd", "err fwd", "err grad", "note"]
+    cols += ["assoc/this fwd+bwd", "fwd dev ms", "fwd+bwd dev ms", "fwd dev / floor"]
+    cols += ["fwd+bwd dev / floor", "assoc/this fwd+bwd dev", "err fwd", "err grad", "note"]
     if args.skip_linear:
         scan_shapes = []
     for shape, dtype, lti in scan_shapes:
@@ -631,8 +680,9 @@ def bench(args):
     )
     rows = bench_ss(b, length, d, n, jnp.bfloat16, repeats, args.ss_impls.split(","))
     cols = ["impl", "fwd ms", "fwd+bwd ms", "fwd exp/s", "fwd+bwd exp/s (2/elem)"]
-    cols += ["best XLA/this fwd+bwd", "this/jla fwd", "this/jla fwd+bwd", "ref", "rel L2 y"]
-    cols += ["rel L2 grads (max)", "note"]
+    cols += ["best XLA/this fwd+bwd", "this/jla fwd", "this/jla fwd+bwd", "fwd dev ms"]
+    cols += ["fwd+bwd dev ms", "best XLA/this fwd+bwd dev", "this/jla fwd dev"]
+    cols += ["this/jla fwd+bwd dev", "ref", "rel L2 y", "rel L2 grads (max)", "note"]
     print(table(rows, cols), flush=True)
 
 

@@ -3,11 +3,13 @@
 Each variant sets module constants of :mod:`pallas_kernels._linear_scan_mosaic` (tiles in
 flight ``MAX_STAGES``, steps per TMA tile ``TILE``) or a kernel option (``unroll``),
 compiles fresh, checks ``h`` and the gradients against the associative scan of
-``ssmjax.ops.linear_recurrence`` and times forward and forward+backward (median ms), at the
+``ssmjax.ops.linear_recurrence`` and times forward and forward+backward (median ms per call,
+and device time: the summed kernel time of a call by CUPTI, ``dev``), at the
 benchmark shapes or the same kind of input at another ``(batch, l, d)``. The ``xla copy``
 rows time fused XLA elementwise ops moving the same arrays as the forward (read ``a``,
-``b``, write ``h``; time-invariant: read ``b``, write ``h``) and the backward: the
-bandwidth XLA itself reaches with these arrays on this GPU, next to the spec-sheet floor.
+``b``, write ``h``; time-invariant: read ``b``, write ``h``) and the backward, next to the
+spec-sheet floor (on device time they run at 2.9-3.1 TB/s on the H100; per call they carry
+the host time of a JAX call: BENCHMARKS.md, tenth session).
 
     python -m experiments.bench.linear_mosaic [--variants base,stages=6,tile=16,unroll=32]
         [--shapes fp32-tv,c64-ti,c64-tv,fp32-tv:4x8192x2048] [--repeats 15]
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pallas_kernels._linear_scan_mosaic as lm
-from experiments.bench._harness import header, table, time_ms
+from experiments.bench._harness import device_ms, header, table, time_ms
 from experiments.bench.kernels import tree_err
 from pallas_kernels.linear_scan import linear_scan, linear_scan_planes
 from ssmjax.ops import linear_recurrence
@@ -149,11 +151,15 @@ def bench_shape(name, variants, repeats):
     ref_f, ref_g = fns(assoc_run)
     h_ref, g_ref = ref_f(a, b), ref_g(a, b, ct)
     t_f, t_b = time_ms(ref_f, a, b, repeats=repeats), time_ms(ref_g, a, b, ct, repeats=repeats)
-    rows.append({"shape": name, "variant": "associative (XLA)", "fwd ms": t_f, "fwd+bwd ms": t_b})
+    row = {"shape": name, "variant": "associative (XLA)", "fwd ms": t_f, "fwd+bwd ms": t_b}
+    row["fwd dev ms"], row["fwd+bwd dev ms"] = device_ms(ref_f, a, b), device_ms(ref_g, a, b, ct)
+    rows.append(row)
     cf, cb = copy_fns(lti)
     t_f = time_ms(cf, a, b, repeats=repeats)
     t_b = time_ms(cb, a, b, ct, repeats=repeats)
-    rows.append({"shape": name, "variant": "xla copy (floor)", "fwd ms": t_f, "bwd ms": t_b})
+    row = {"shape": name, "variant": "xla copy (floor)", "fwd ms": t_f, "bwd ms": t_b}
+    row["fwd dev ms"], row["bwd dev ms"] = device_ms(cf, a, b), device_ms(cb, a, b, ct)
+    rows.append(row)
     for spec in variants:
         switches, options = parse_variant(spec)
         with switched(switches):
@@ -169,7 +175,11 @@ def bench_shape(name, variants, repeats):
             err_g = max(tree_err(x, y) for x, y in zip(gr, g_ref, strict=True))
             t_f = time_ms(f, a, b, repeats=repeats)
             t_b = time_ms(g, a, b, ct, repeats=repeats)
+            d_f, d_b = device_ms(f, a, b), device_ms(g, a, b, ct)
         row = {"shape": name, "variant": spec, "fwd ms": t_f, "fwd+bwd ms": t_b}
+        row["fwd dev ms"], row["fwd+bwd dev ms"] = d_f, d_b
+        if d_f:
+            row["fwd dev / floor"] = d_f / (fwd_bytes / 3.35e12 * 1e3)
         row["fwd TB/s"] = fwd_bytes / t_f / 1e9
         row["fwd / floor"] = t_f / (fwd_bytes / 3.35e12 * 1e3)
         row["fwd+bwd / floor"] = t_b / ((fwd_bytes + bwd_bytes) / 3.35e12 * 1e3)
@@ -177,10 +187,12 @@ def bench_shape(name, variants, repeats):
         row["ok"] = "OK" if max(err_h, err_g) < 1e-3 else "FAIL"
         rows.append(row)
         print(f"  {name} {spec:<24} fwd {t_f:7.3f}  fwd+bwd {t_b:7.3f}  {row['ok']}", flush=True)
-    assoc = rows[0]["fwd+bwd ms"]
+    assoc, assoc_dev = rows[0]["fwd+bwd ms"], rows[0]["fwd+bwd dev ms"]
     for r in rows[2:]:
         if "fwd+bwd ms" in r:
             r["assoc / this"] = assoc / r["fwd+bwd ms"]
+        if assoc_dev and r.get("fwd+bwd dev ms"):
+            r["assoc / this dev"] = assoc_dev / r["fwd+bwd dev ms"]
     return rows
 
 
@@ -196,8 +208,8 @@ def main(argv=None):
     for name in args.shapes.split(","):
         rows += bench_shape(name, args.variants.split(","), args.repeats)
     cols = ["shape", "variant", "fwd ms", "fwd+bwd ms", "bwd ms", "fwd TB/s", "fwd / floor"]
-    cols += ["fwd+bwd / floor"]
-    cols += ["assoc / this", "err h", "err grad", "ok", "note"]
+    cols += ["fwd+bwd / floor", "assoc / this", "fwd dev ms", "fwd+bwd dev ms", "bwd dev ms"]
+    cols += ["fwd dev / floor", "assoc / this dev", "err h", "err grad", "ok", "note"]
     argv = sys.argv[1:] if argv is None else argv
     print(header("python -m experiments.bench.linear_mosaic " + " ".join(argv)))
     print(table(rows, cols))

@@ -170,3 +170,87 @@ def test_linear_mosaic_rows_interpreted(monkeypatch):
     assert [r["variant"] for r in rows[2:]] == ["base", "stages=1+tile=16"]
     assert all(r["ok"] == "OK" for r in rows[2:])
     assert (lm.MAX_STAGES, lm.TILE) == (3, 32)
+
+
+def test_bandwidth_shapes_bytes_and_rows():
+    from experiments.bench.bandwidth import forward_bytes, parse_shape, rate_row, scan_configs
+
+    assert parse_shape("c64-ti") == ((8, 4096, 1024), 2, True)
+    assert parse_shape("fp32-tv:4x8192x2048") == ((4, 8192, 2048), 1, False)
+    with pytest.raises(ValueError, match="unknown shape"):
+        parse_shape("bf16-tv")
+    with pytest.raises(ValueError, match="batch x l x d"):
+        parse_shape("fp32-tv:8x4096")
+    # fp32 (8, 4096, 2048): a, b and h of 268 MB each; complex TI: b and h, two planes each.
+    assert forward_bytes((8, 4096, 2048), 1, False) == 3 * 8 * 4096 * 2048 * 4
+    assert forward_bytes((8, 4096, 1024), 2, True) == 2 * 2 * 8 * 4096 * 1024 * 4
+    row = rate_row("x", 0.5, 1.5e9)
+    assert row["TB/s"] == pytest.approx(3.0)
+    assert row["/ 3.0 TB/s"] == pytest.approx(1.0)
+    assert row["/ 3.35 TB/s"] == pytest.approx(3.35 / 3.0)
+    scan = scan_configs("scan", 1)
+    assert all(c["BD"] >= 32 * c["num_warps"] for c in scan) and len(scan) == 18
+    assert scan_configs("tile", 2) == [] and len(scan_configs("tile", 1)) == 24
+
+
+_INTERPRETED_BANDWIDTH = """
+import torch
+torch.Tensor.cuda = lambda self: self
+torch.cuda.synchronize = lambda: None
+import experiments.bench.bandwidth as bw
+bw.SHAPES.update({"tiny-tv": ((2, 48, 256), 1, False), "tiny-ti": ((2, 24, 128), 2, True),
+                  "tiny-ctv": ((1, 16, 128), 2, False)})
+short = bw.scan_configs
+bw.scan_configs = lambda g, p: short(g, p)[:2]
+for name in ("tiny-tv", "tiny-ti", "tiny-ctv"):
+    rows = bw.run_shape(name, ("stream", "scan", "tile"), 0, 1, True, log=lambda *a: None)
+    checked = [r for r in rows if "ok" in r]
+    assert len(checked) >= 8, [(r["row"], r.get("note")) for r in rows]
+    assert all(r["ok"] == "OK" for r in checked), [r for r in rows if r.get("ok") != "OK"]
+    print(name, len(checked), "OK")
+"""
+
+
+def test_bandwidth_triton_scans_interpreted():
+    """The Triton scans of the bandwidth table (Triton's interpreter on CPU tensors, in a
+    fresh process) equal the float64 sequential scan, the streaming kernel its elementwise
+    op. Runs where torch is installed (not a dependency of the library; the GPU image has
+    it)."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-c", _INTERPRETED_BANDWIDTH],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == [
+        "tiny-tv",
+        "10",
+        "OK",
+        "tiny-ti",
+        "8",
+        "OK",
+        "tiny-ctv",
+        "8",
+        "OK",
+    ]
+
+
+def test_kernels_scan_shapes():
+    from experiments.bench.kernels import parse_scan_shape
+
+    assert parse_scan_shape("c64-ti:8x4096x256") == ((8, 4096, 256), "complex64", True)
+    assert parse_scan_shape("fp32-tv:2x16384x2048") == ((2, 16384, 2048), "float32", False)
+    for bad in ("c64-ti", "bf16-tv:1x2x3", "c64-tv:8x4096"):
+        with pytest.raises(ValueError):
+            parse_scan_shape(bad)
