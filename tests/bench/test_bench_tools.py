@@ -254,3 +254,15 @@ def test_kernels_scan_shapes():
     for bad in ("c64-ti", "bf16-tv:1x2x3", "c64-tv:8x4096"):
         with pytest.raises(ValueError):
             parse_scan_shape(bad)
+
+
+def test_device_time_needs_a_gpu():
+    """``device_ms`` (CUPTI) answers ``None`` off the GPU rather than a made-up time; the
+    per-call clock still runs."""
+    import jax.numpy as jnp
+
+    from experiments.bench._harness import device_ms, time_ms
+
+    x = jnp.linspace(0.0, 1.0, 64)
+    assert device_ms(jnp.sin, x) is None
+    assert time_ms(jnp.sin, x, repeats=3) > 0.0
