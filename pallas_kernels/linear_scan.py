@@ -373,22 +373,25 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 # ----------------------------------------------------------------------------------------
 
 
-MOSAIC_MIN_PROGRAMS = 64  # the fewest Mosaic programs measured faster than Triton
+MOSAIC_MIN_PROGRAMS = 64  # the fewest Mosaic programs x planes measured faster than Triton
 
 
-def auto_layout(batch: int, d: int, interpret: bool, options: dict) -> str:
+def auto_layout(batch: int, d: int, interpret: bool, options: dict, planes: int = 1) -> str:
     """The kernel family of ``layout=None``: ``"mosaic"`` or ``"channel"`` (Triton).
 
     Mosaic on a compute capability 9.0 GPU when no Triton launch option is given (``options``:
     ``block_d``, ``unroll``, ``num_warps``, ``chunks`` as passed, ``num_stages`` other than
-    1), the flattened state size is a multiple of 128 and the single-pass grid has at least
-    ``MOSAIC_MIN_PROGRAMS`` programs of 128 channels: on the H100 it beat the Triton kernels
-    at 64 and 128 programs (BENCHMARKS.md); with fewer, the Triton two-pass scan spreads the
-    sequence over more programs. Otherwise (interpret mode included) Triton.
+    1), the flattened state size is a multiple of 128 and the single-pass grid of programs of
+    128 channels, times the ``planes`` each streams (1 real, 2 complex), is at least
+    ``MOSAIC_MIN_PROGRAMS``: on the H100 it beat the Triton kernels at 64 and 128 real
+    programs and at 32 complex ones (forward+backward 0.264 vs 0.405 ms device time at
+    (8, 4096, 512) complex, BENCHMARKS.md tenth session); with fewer, the Triton two-pass
+    scan spreads the sequence over more programs. Otherwise (interpret mode included)
+    Triton.
     """
     if interpret or any(v is not None for v in options.values()):
         return "channel"
-    if batch * (d // MOSAIC_BLOCK_D) < MOSAIC_MIN_PROGRAMS:
+    if batch * (d // MOSAIC_BLOCK_D) * planes < MOSAIC_MIN_PROGRAMS:
         return "channel"
     return "mosaic" if mosaic_supported(d, 8, 1, interpret) is None else "channel"
 
@@ -494,7 +497,7 @@ def _run_planes(
     if layout is None:
         options = dict(block_d=block_d, unroll=unroll, num_warps=num_warps, chunks=chunks)
         options["num_stages"] = None if num_stages == 1 else num_stages
-        layout = auto_layout(batch, d, interpret, options)
+        layout = auto_layout(batch, d, interpret, options, planes=n)
     if layout not in ("channel", "mosaic"):
         raise NotImplementedError(f"linear_scan: layout={layout!r}")
     mosaic = layout == "mosaic"
@@ -589,13 +592,14 @@ def linear_scan(
         the single-pass kernel. Default: :func:`default_chunks`.
       layout: ``None`` (default): :func:`auto_layout` (``"mosaic"`` on an H100/H200 when
         none of the launch options above is given, the flattened state size is a multiple
-        of 128 and ``batch * d / 128 >= 64``; else ``"channel"``). ``"channel"``: the
-        Pallas-Triton kernels above. ``"mosaic"``: Pallas Mosaic GPU kernels, one channel
-        per thread of a 128-thread warpgroup, the sequences staged by TMA into shared
-        memory 32-step tiles ahead (:mod:`pallas_kernels._linear_scan_mosaic`); compute
-        capability 9.0 GPUs, single pass (``chunks`` 1), ``unroll`` (default 8 here)
-        dividing 32; the flattened state is zero-padded to a multiple of 128;
-        ``block_d``/``num_warps``/``num_stages`` do not apply.
+        of 128 and ``batch * d / 128 >= 64`` (``>= 32`` complex); else ``"channel"``).
+        ``"channel"``: the Pallas-Triton kernels above. ``"mosaic"``: Pallas Mosaic GPU
+        kernels, one channel per thread of a 128-thread warpgroup, the sequences staged by
+        TMA into shared memory 32-step tiles ahead
+        (:mod:`pallas_kernels._linear_scan_mosaic`); compute capability 9.0 GPUs, single
+        pass (``chunks`` 1), ``unroll`` (default 8 here) dividing 32; the flattened state
+        is zero-padded to a multiple of 128; ``block_d``/``num_warps``/``num_stages`` do
+        not apply.
 
     Returns:
       ``h`` of shape ``b.shape`` in ``b``'s dtype (fp32 carry for bf16 inputs); with

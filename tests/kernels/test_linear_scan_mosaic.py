@@ -303,6 +303,11 @@ def test_auto_layout_rule(monkeypatch):
     assert ls.auto_layout(8, 1000, False, {}) == "channel"
     assert ls.auto_layout(8, 1024, True, {}) == "channel"
     assert ls.auto_layout(8, 1024, False, {"chunks": 1}) == "channel"
+    # Complex planes count twice: 32 programs of 128 complex channels run Mosaic (faster
+    # than the Triton two-pass scan on the H100), 16 do not.
+    assert ls.auto_layout(8, 512, False, {}, planes=2) == "mosaic"
+    assert ls.auto_layout(8, 512, False, {}, planes=1) == "channel"
+    assert ls.auto_layout(8, 256, False, {}, planes=2) == "channel"
 
 
 # ----------------------------------------------------------------------------------------
