@@ -2,7 +2,7 @@
 
 Two clocks, as the benchmark protocol (``performance.md`` section 8) asks: **per call**, the
 wall time of one call from the host, synchronised (``time_ms``), which on the lent H100
-includes about 0.1 ms of JAX dispatch and synchronisation around every call; and **device
+includes 0.1-0.5 ms of JAX dispatch and synchronisation around every call; and **device
 time**, the sum of the kernel times of one call measured by CUPTI (``device_ms``), which is
 what a kernel costs inside a larger jitted program such as a training step and what floors
 are compared with.
