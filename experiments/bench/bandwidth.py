@@ -235,6 +235,28 @@ def rel_err(torch, x, ref) -> float:
     return float((x - ref).abs().max() / ref.abs().max())
 
 
+def _add_row(rows, log, shape, row_name, nbytes, run, sync, error, device, timing, **extra):
+    """Runs ``run`` once and checks it (``error()``: max relative error, or ``None`` for no
+    check), times it on both clocks (``timing = (warmup, repeats)``; ``device()``: device ms,
+    only when ``repeats >= 2``) and appends its row, or a note where it fails."""
+    warmup, repeats = timing
+    try:
+        run()
+        sync()
+        err = error()
+        if err is not None:
+            extra.update(err=err, ok="OK" if err < 1e-4 else "FAIL")
+        ms = _median_ms(run, sync, warmup, repeats)
+        dev = device() if repeats >= 2 else None
+    except Exception as e:  # a config that does not compile: say so, go on
+        rows.append({"shape": shape, "row": row_name, "note": f"{type(e).__name__}: {e}"[:160]})
+        return
+    row = {"shape": shape, **rate_row(row_name, ms, nbytes, dev, **extra)}
+    rows.append(row)
+    ok = extra.get("ok", "")
+    log(f"  {shape} {row_name:<44} {ms:8.3f} ms dev {dev} {row['TB/s']:6.2f} TB/s {ok}")
+
+
 def run_shape(name, groups, warmup, repeats, check, log=print):
     import torch
 
@@ -247,27 +269,20 @@ def run_shape(name, groups, warmup, repeats, check, log=print):
     ref = reference_scan(torch, a, b, lti) if check else None
     torch.cuda.empty_cache()
     sync = torch.cuda.synchronize
+    timing = (warmup, repeats)
     rows = []
 
     def add(row_name, fn, moved=nbytes, scan=False, expect=None, **extra):
-        try:
-            h.fill_(float("nan"))
-            fn()
-            sync()
-            want = ref if scan else (expect() if expect is not None and check else None)
-            if want is not None:
-                err = rel_err(torch, h, want)
-                extra["err"] = err
-                extra["ok"] = "OK" if err < 1e-4 else "FAIL"
-            ms = _median_ms(fn, sync, warmup, repeats)
-            dev = None if repeats < 2 else triton.testing.do_bench(fn, return_mode="median")
-        except Exception as e:  # a config that does not compile: say so, go on
-            rows.append({"shape": name, "row": row_name, "note": f"{type(e).__name__}: {e}"[:160]})
-            return
-        row = {"shape": name, **rate_row(row_name, ms, moved, dev, **extra)}
-        rows.append(row)
-        ok = extra.get("ok", "")
-        log(f"  {name} {row_name:<44} {ms:8.3f} ms dev {dev} {row['TB/s']:6.2f} TB/s {ok}")
+        want = ref if scan else (expect if expect is not None and check else None)
+
+        def error():
+            if want is None:
+                return None
+            return rel_err(torch, h, want if scan else want())
+
+        h.fill_(float("nan"))
+        device = lambda: triton.testing.do_bench(fn, return_mode="median")
+        _add_row(rows, log, name, row_name, moved, fn, sync, error, device, timing, **extra)
 
     flat_b, flat_h = b.reshape(-1), h.reshape(-1)
     n = flat_b.numel()
@@ -308,11 +323,11 @@ def run_shape(name, groups, warmup, repeats, check, log=print):
             label = " ".join(f"{k}={v}" for k, v in cfg.items())
             add(f"triton {group} {label}", fn, scan=True, programs=grid[0] * grid[1])
     if "jax" in groups:
-        rows += jax_rows(name, a_np, b_np, lti, ref, warmup, repeats, nbytes, log)
+        rows += jax_rows(name, a_np, b_np, lti, ref, timing, nbytes, log)
     return rows
 
 
-def jax_rows(name, a_np, b_np, lti, ref, warmup, repeats, nbytes, log):
+def jax_rows(name, a_np, b_np, lti, ref, timing, nbytes, log):
     import jax
     import jax.numpy as jnp
 
@@ -334,30 +349,21 @@ def jax_rows(name, a_np, b_np, lti, ref, warmup, repeats, nbytes, log):
     for row_name, fn, scan in cases:
         out = {}
 
-        def call(fn=fn, out=out):
+        def run(fn=fn, out=out):
             out["h"] = fn(a, b)
 
         def sync(out=out):
             jax.block_until_ready(out["h"])
 
-        extra = {}
-        try:
-            call()
-            sync()
-            if scan and ref is not None:
-                got = np.stack([np.asarray(x) for x in out["h"]])
-                want = ref.cpu().numpy()
-                err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
-                extra = {"err": err, "ok": "OK" if err < 1e-4 else "FAIL"}
-            ms = _median_ms(call, sync, warmup, repeats)
-            dev = None if repeats < 2 else device_ms(fn, a, b)
-        except Exception as e:
-            rows.append({"shape": name, "row": row_name, "note": f"{type(e).__name__}: {e}"[:160]})
-            continue
-        row = {"shape": name, **rate_row(row_name, ms, nbytes, dev, **extra)}
-        rows.append(row)
-        ok = extra.get("ok", "")
-        log(f"  {name} {row_name:<44} {ms:8.3f} ms dev {dev} {row['TB/s']:6.2f} TB/s {ok}")
+        def error(out=out, scan=scan):
+            if not scan or ref is None:
+                return None
+            got = np.stack([np.asarray(x) for x in out["h"]])
+            want = ref.cpu().numpy()
+            return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+
+        device = lambda fn=fn: device_ms(fn, a, b)
+        _add_row(rows, log, name, row_name, nbytes, run, sync, error, device, timing)
     return rows
 
 
