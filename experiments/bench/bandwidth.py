@@ -323,11 +323,14 @@ def run_shape(name, groups, warmup, repeats, check, log=print):
             label = " ".join(f"{k}={v}" for k, v in cfg.items())
             add(f"triton {group} {label}", fn, scan=True, programs=grid[0] * grid[1])
     if "jax" in groups:
-        rows += jax_rows(name, a_np, b_np, lti, ref, timing, nbytes, log)
+        ref_np = None if ref is None else ref.cpu().numpy()
+        rows += jax_rows(name, a_np, b_np, lti, ref_np, timing, nbytes, log)
     return rows
 
 
 def jax_rows(name, a_np, b_np, lti, ref, timing, nbytes, log):
+    """The JAX rows of a shape: XLA's fused elementwise op moving the forward's arrays, and
+    the Mosaic ``linear_scan`` forward checked against ``ref`` (numpy planes, or ``None``)."""
     import jax
     import jax.numpy as jnp
 
@@ -359,8 +362,7 @@ def jax_rows(name, a_np, b_np, lti, ref, timing, nbytes, log):
             if not scan or ref is None:
                 return None
             got = np.stack([np.asarray(x) for x in out["h"]])
-            want = ref.cpu().numpy()
-            return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+            return float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
 
         device = lambda fn=fn: device_ms(fn, a, b)
         _add_row(rows, log, name, row_name, nbytes, run, sync, error, device, timing)

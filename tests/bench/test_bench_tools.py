@@ -266,3 +266,33 @@ def test_device_time_needs_a_gpu():
     x = jnp.linspace(0.0, 1.0, 64)
     assert device_ms(jnp.sin, x) is None
     assert time_ms(jnp.sin, x, repeats=3) > 0.0
+
+
+def test_bandwidth_jax_rows_interpreted(monkeypatch):
+    """The JAX rows of the bandwidth table: the Mosaic forward (interpreted) checked against
+    a float64 sequential scan, time-invariant complex planes and time-varying fp32."""
+    import functools
+
+    import numpy as np
+
+    import experiments.bench.bandwidth as bw
+    import pallas_kernels.linear_scan as ls
+
+    for fn in ("linear_scan", "linear_scan_planes"):
+        monkeypatch.setattr(ls, fn, functools.partial(getattr(ls, fn), interpret=True))
+    for lti, planes in ((True, 2), (False, 1)):
+        a, b = bw.host_inputs((2, 40, 128), planes, lti)
+        ac, bc = a.astype(np.float64), b.astype(np.float64)
+        if planes == 2:
+            ac, bc = ac[0] + 1j * ac[1], bc[0] + 1j * bc[1]
+        else:
+            ac, bc = ac[0], bc[0]
+        h, ref = np.zeros_like(bc[:, 0]), np.zeros_like(bc)
+        for t in range(bc.shape[1]):
+            h = (ac if lti else ac[:, t]) * h + bc[:, t]
+            ref[:, t] = h
+        ref = np.stack([ref.real, ref.imag]) if planes == 2 else ref[None]
+        rows = bw.jax_rows("tiny", a, b, lti, ref, (0, 1), 1, lambda *x: None)
+        assert [r["row"] for r in rows] == ["jax xla elementwise", "jax mosaic linear_scan"]
+        assert rows[1]["ok"] == "OK" and rows[1]["err"] < 1e-5, rows
+        assert rows[0]["dev ms"] is None and "ok" not in rows[0]
