@@ -68,16 +68,17 @@ def _stages(tile: int, staged) -> int:
     return max(1, min(MAX_STAGES, SMEM_BYTES // per_stage))
 
 
-def supported(d: int, unroll: int, chunks: int, interpret: bool) -> str | None:
-    """Why the Mosaic kernels cannot run this call (``None`` when they can)."""
+def supported(d: int, unroll: int, chunks: int, interpret: bool, lti: bool = False) -> str | None:
+    """Why the Mosaic kernels cannot run this call (``None`` when they can); ``lti``: the
+    ``a`` is time-invariant (``chunks > 1`` needs it)."""
     if plgpu is None:
         return "jax.experimental.pallas.mosaic_gpu cannot be imported"
     if not interpret and not on_hopper():
         return "needs a compute capability 9.0 GPU (H100/H200)"
     if d % BLOCK_D:
         return f"the flattened state size {d} is not a multiple of {BLOCK_D}"
-    if chunks != 1:
-        return "the two-pass (chunks > 1) scan is Triton only"
+    if chunks != 1 and not lti:
+        return "the L-parallel (chunks > 1) Mosaic scan needs a time-invariant a"
     if TILE % unroll:
         return f"unroll={unroll} does not divide the tile ({TILE} steps)"
     return None
@@ -125,9 +126,9 @@ def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
 
 
 def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
-    a_refs, h_refs, dh_refs, h0_refs = (refs[i * p : (i + 1) * p] for i in range(4))
-    g_refs, da_refs, dh0_refs = (refs[(4 + i) * p : (5 + i) * p] for i in range(3))
-    rest = refs[7 * p :]
+    a_refs, h_refs, dh_refs, h0_refs, c0_refs = (refs[i * p : (i + 1) * p] for i in range(5))
+    g_refs, da_refs, dh0_refs = (refs[(5 + i) * p : (6 + i) * p] for i in range(3))
+    rest = refs[8 * p :]
     n_slots = 2 * p if lti else 3 * p
     slots, bars = rest[:n_slots], (None if ops.interpret else rest[n_slots])
     di, b = ops.program_ids()
@@ -196,8 +197,11 @@ def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
             c, da_sum = row(t, h_prev, c, da_sum)
         return tuple(c), da_sum
 
-    zeros = [h * 0.0 for h in h0]  # the adjoint's start (in the registers' layout)
-    c, da_sum = tiles.loop(tile_body, (tuple(zeros), tuple(zeros) if lti else None))
+    # The adjoint's carry into the scan's last step: 0 for a whole sequence, the next
+    # chunk's for a chunk of the L-parallel scan (_linear_scan_mosaic_chunked).
+    c0 = [ops.vec(r.at[b, cols]).astype(_F32) for r in c0_refs]
+    zeros = [h * 0.0 for h in h0]  # in the registers' layout
+    c, da_sum = tiles.loop(tile_body, (tuple(c0), tuple(zeros) if lti else None))
     if lti:
         for r, v in zip(da_refs, da_sum, strict=True):
             r[b, cols] = v
@@ -263,9 +267,12 @@ def run_fwd_mosaic(cfg, ap, bp, h0p):
     return tuple(_unpad(h, length, pad, cfg.reverse) for h in hp)
 
 
-def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype):
-    """``(db, da, dh0)`` planes (as ``linear_scan._run_bwd``)."""
+def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, c0p=None):
+    """``(db, da, dh0)`` planes (as ``linear_scan._run_bwd``); ``c0p``: the adjoint's carry
+    into the scan's last step, ``(batch, d)`` fp32 planes (default 0: a whole sequence)."""
     batch, length, d = hp[0].shape
+    if c0p is None:
+        c0p = tuple(jnp.zeros((batch, d), _F32) for _ in hp)
     p, lti = len(hp), ap[0].ndim == 2
     n_tiles, pad = _tiling(length)
     seq = lambda v: _pad(v, pad, cfg.reverse)
@@ -283,8 +290,8 @@ def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype):
         + [jax.ShapeDtypeStruct((batch, d), h0p[0].dtype)] * p
     )
     grid = (d // BLOCK_D, batch)
-    call = _call(cfg, body, staged, out_shape, 4 * p, grid, "linear_scan_bwd_mosaic")
-    outs = call(*ap, *hp, *dhp, *h0p)
+    call = _call(cfg, body, staged, out_shape, 5 * p, grid, "linear_scan_bwd_mosaic")
+    outs = call(*ap, *hp, *dhp, *h0p, *c0p)
     unpad = lambda vs: tuple(_unpad(v, length, pad, cfg.reverse) for v in vs)
     g = unpad(outs[:p])
     da = tuple(outs[p : 2 * p]) if lti else unpad(outs[p : 2 * p])

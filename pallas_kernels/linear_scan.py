@@ -48,6 +48,10 @@ Design (one kernel forward, one fused kernel backward):
   keep a few rows. Same semantics and tests. On the H100 the fp32 forward moves 2.9 TB/s
   of device time (86% of DRAM peak by ``ncu``, as torch's and XLA's streaming kernels
   reach 90%); forward+backward faster than Triton at every benchmark shape (BENCHMARKS.md).
+  With ``chunks > 1`` and a time-invariant ``a``, the L-parallel Mosaic scan
+  (:mod:`pallas_kernels._linear_scan_mosaic_chunked`): chunk start states in closed form in
+  XLA, the same kernels on ``(batch * chunks, l / chunks, d)``; opt-in, for grids too small
+  to fill the GPU (built and tested in the tenth session, not yet timed on a GPU).
 
 The reference this is tested against is ``ssmjax.ops.linear_recurrence(...,
 implementation="sequential")``.
@@ -61,6 +65,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+import pallas_kernels._linear_scan_mosaic as _lsm
 from pallas_kernels._common import check_backend, is_pow2
 from pallas_kernels._linear_scan_kernels import (
     _bwd_kernel,
@@ -71,6 +76,7 @@ from pallas_kernels._linear_scan_kernels import (
 from pallas_kernels._linear_scan_mosaic import BLOCK_D as MOSAIC_BLOCK_D
 from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_fwd_mosaic
 from pallas_kernels._linear_scan_mosaic import supported as mosaic_supported
+from pallas_kernels._linear_scan_mosaic_chunked import run_bwd_chunked, run_fwd_chunked
 
 __all__ = ["default_chunks", "linear_scan", "linear_scan_planes"]
 
@@ -85,7 +91,7 @@ class _Config(NamedTuple):
     num_stages: int
     reverse: bool
     interpret: bool
-    chunks: int = 1  # > 1: the L-parallel two-pass scan with this many time chunks
+    chunks: int = 1  # > 1: the L-parallel scan with this many time chunks
     layout: str = "channel"  # "mosaic": the Mosaic GPU kernels (single pass)
 
 
@@ -342,6 +348,8 @@ def _scan(cfg: _Config, ap, bp, h0p):
 
 
 def _forward(cfg: _Config, ap, bp, h0p):
+    if cfg.chunks > 1 and cfg.layout == "mosaic":
+        return run_fwd_chunked(cfg, ap, bp, h0p)
     if cfg.chunks > 1:
         return _two_pass(cfg, ap, bp, h0p, cfg.reverse)
     return _run_fwd(cfg, ap, bp, h0p)
@@ -354,7 +362,9 @@ def _scan_fwd(cfg: _Config, ap, bp, h0p):
 
 def _scan_bwd(cfg: _Config, residuals, dhp):
     ap, hp, h0p, b_like = residuals
-    run_bwd = _two_pass_bwd if cfg.chunks > 1 else _run_bwd
+    run_bwd = _run_bwd
+    if cfg.chunks > 1:
+        run_bwd = run_bwd_chunked if cfg.layout == "mosaic" else _two_pass_bwd
     dhp = tuple(dh.astype(h.dtype) for dh, h in zip(dhp, hp, strict=True))
     dbp, dap, dh0p = run_bwd(cfg, ap, hp, dhp, h0p, b_like.dtype)
     if ap[0].ndim == 2 and ap[0].shape[0] != dap[0].shape[0]:  # shared time-invariant a
@@ -506,7 +516,8 @@ def _run_planes(
         unroll = unroll or 8
         chunks = 1 if chunks is None else chunks
         # The channels are zero-padded to whole 128-channel programs (as for Triton blocks).
-        why = mosaic_supported(-(-d // MOSAIC_BLOCK_D) * MOSAIC_BLOCK_D, unroll, chunks, interpret)
+        d_mosaic = -(-d // MOSAIC_BLOCK_D) * MOSAIC_BLOCK_D
+        why = mosaic_supported(d_mosaic, unroll, chunks, interpret, lti=time_invariant)
         if why:
             raise NotImplementedError(f"linear_scan: layout='mosaic': {why}")
     bd = MOSAIC_BLOCK_D if mosaic else (block_d or _default_block_d(batch, d))
@@ -518,6 +529,11 @@ def _run_planes(
         chunks = default_chunks(batch, -(-d // bd), length)
     if not isinstance(chunks, int) or chunks < 1 or length % chunks:
         raise NotImplementedError(f"linear_scan: chunks={chunks!r} must divide l={length}")
+    if mosaic and chunks > 1 and (length // chunks) % _lsm.TILE:
+        raise NotImplementedError(
+            f"linear_scan: layout='mosaic' with chunks={chunks} needs chunks of whole "
+            f"{_lsm.TILE}-step tiles; l / chunks = {length / chunks:g}"
+        )
     cfg = _Config(
         chunks=chunks,
         block_d=bd,
@@ -598,9 +614,10 @@ def linear_scan(
         kernels, one channel per thread of a 128-thread warpgroup, the sequences staged by
         TMA into shared memory 32-step tiles ahead
         (:mod:`pallas_kernels._linear_scan_mosaic`); compute capability 9.0 GPUs, single
-        pass (``chunks`` 1), ``unroll`` (default 8 here) dividing 32; the flattened state
-        is zero-padded to a multiple of 128; ``block_d``/``num_warps``/``num_stages`` do
-        not apply.
+        pass (``chunks`` 1, the default here) or, for a time-invariant ``a``, ``chunks``
+        of whole 32-step tiles (``l / chunks`` a multiple of 32) scanned in parallel;
+        ``unroll`` (default 8 here) dividing 32; the flattened state is zero-padded to a
+        multiple of 128; ``block_d``/``num_warps``/``num_stages`` do not apply.
 
     Returns:
       ``h`` of shape ``b.shape`` in ``b``'s dtype (fp32 carry for bf16 inputs); with

@@ -10,11 +10,15 @@
   (161: slots refilled), with a flat and a multi-dimensional state, ``unroll`` 4, 8 (the
   default) and 32; ``return_final_state`` (cotangents on both outputs);
   ``linear_scan_planes`` against ``linear_scan`` on the complex array.
+* The L-parallel Mosaic scan (``chunks > 1``, time-invariant ``a``) likewise: real, complex
+  and bf16, shared and per-sequence ``a``, forward and ``reverse``, 2-4 chunks of whole
+  tiles, a padded state; it lowers for CUDA to the same one / two Mosaic kernels.
 * Lowering for CUDA on this CPU (``check_backend`` and ``on_hopper`` patched): the real
   Mosaic GPU lowering (register layouts, TMA, barriers), which interpret mode does not run:
   one Mosaic GPU kernel forward, two for a gradient (forward and backward), no Triton one.
 * The default layout is still the Triton kernel (interpret mode and lowered on "Hopper").
-* ``layout="mosaic"`` outside its limits (state size, ``chunks``, ``unroll``, the device)
+* ``layout="mosaic"`` outside its limits (state size, ``chunks`` with a time-varying ``a`` or
+  partial tiles, ``unroll``, the device)
   and an unknown layout raise ``NotImplementedError`` before any work.
 """
 
@@ -85,6 +89,35 @@ def test_matches_sequential(rng, dtype, length, reverse, form, state, unroll):
     def kernel(a, b, h0):
         return linear_scan(
             a, b, h0, reverse=reverse, interpret=True, unroll=unroll, layout="mosaic"
+        )
+
+    check_against_sequential(kernel, a, b, h0, ct, dtype, reverse, n_a=_n_a(form, length))
+
+
+CHUNKED = {
+    # dtype, length, reverse, a form (time-invariant), state shape, chunks
+    "fp32-l64-shared-c2": ("float32", 64, False, "shared", (128,), 2),
+    "c64-l64-perseq-rev-c2": ("complex64", 64, True, "per_seq", (128,), 2),
+    "c64-l96-shared-c3": ("complex64", 96, False, "shared", (2, 64), 3),
+    "c64-l128-shared-rev-64-c4": ("complex64", 128, True, "shared", (64,), 4),
+    "bf16-l96-perseq-rev-c3": ("bfloat16", 96, True, "per_seq", (128,), 3),
+}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "length", "reverse", "form", "state", "chunks"),
+    list(CHUNKED.values()),
+    ids=list(CHUNKED),
+)
+def test_chunked_matches_sequential(rng, dtype, length, reverse, form, state, chunks):
+    """The L-parallel Mosaic scan (``chunks > 1``, time-invariant ``a``): chunk start states
+    in closed form, the single-pass kernels on ``(batch * chunks, l / chunks, d)``, the
+    backward's carry between chunks."""
+    a, b, h0, ct = _inputs(rng, dtype, length, form, state)
+
+    def kernel(a, b, h0):
+        return linear_scan(
+            a, b, h0, reverse=reverse, interpret=True, layout="mosaic", chunks=chunks
         )
 
     check_against_sequential(kernel, a, b, h0, ct, dtype, reverse, n_a=_n_a(form, length))
@@ -210,6 +243,32 @@ def test_lowers_to_mosaic_gpu(hopper, dtype, shape, form, reverse):
     assert text.count(MOSAIC) == 2 and TRITON not in text
 
 
+@pytest.mark.parametrize(
+    ("dtype", "shape", "form", "reverse", "chunks"),
+    [
+        ("complex64", (8, 4096, 256), "shared", False, 8),
+        ("complex64", (2, 16384, 512), "per_seq", True, 32),
+        ("float32", (8, 4096, 256), "shared", True, 16),
+    ],
+)
+def test_chunked_lowers_to_mosaic_gpu(hopper, dtype, shape, form, reverse, chunks):
+    """The L-parallel Mosaic scan: still one Mosaic GPU kernel forward and two for the
+    gradient (the chunk states are XLA), no Triton kernel."""
+    args = shapes(jnp.dtype(dtype), *shape, form)
+
+    def f(a, b, h0):
+        return linear_scan(a, b, h0, reverse=reverse, layout="mosaic", chunks=chunks)
+
+    def grad(a, b, h0):
+        loss = lambda *x: jnp.sum(jnp.abs(f(*x).astype(b.dtype)) ** 2).real
+        return jax.grad(loss, argnums=(0, 1, 2))(a, b, h0)
+
+    text = lowered(f, *args)
+    assert text.count(MOSAIC) == 1 and TRITON not in text
+    text = lowered(grad, *args)
+    assert text.count(MOSAIC) == 2 and TRITON not in text
+
+
 # ----------------------------------------------------------------------------------------
 # The automatic choice (layout=None)
 # ----------------------------------------------------------------------------------------
@@ -317,7 +376,8 @@ def test_auto_layout_rule(monkeypatch):
 
 ERRORS = {
     # state shape, length, options, match
-    "chunks2": ((128,), 64, {"chunks": 2}, r"\(chunks > 1\) scan is Triton only"),
+    # make_inputs gives a time-varying a: the L-parallel Mosaic scan is time-invariant only
+    "chunks2-full": ((128,), 64, {"chunks": 2}, r"\(chunks > 1\) Mosaic scan needs a time-inv"),
     "unroll3": ((128,), 5, {"unroll": 3}, "unroll=3 does not divide"),
     "unroll64": ((128,), 5, {"unroll": 64}, "unroll=64 does not divide"),
 }
@@ -336,6 +396,16 @@ def test_unsupported_mosaic_raises(rng, monkeypatch, state, length, opts, match)
     a, b, h0, _ = make_inputs(rng, "float32", (BATCH, length, *state))
     with pytest.raises(NotImplementedError, match="linear_scan: layout='mosaic': .*" + match):
         linear_scan(a, b, h0, interpret=True, layout="mosaic", **opts)
+
+
+def test_mosaic_chunks_of_whole_tiles(rng, monkeypatch):
+    """``chunks > 1`` cuts the sequence into chunks of whole 32-step tiles (a partial tile
+    would put its padding between a chunk and the carry it receives)."""
+    monkeypatch.setattr(ls, "_scan", lambda *a: pytest.fail("the scan ran"))
+    _, b, h0, _ = make_inputs(rng, "float32", (BATCH, 96, 128))
+    a_lti = make_lti_a(rng, "float32", lti_a_shape("shared", BATCH, (128,)))
+    with pytest.raises(NotImplementedError, match="whole 32-step tiles; l / chunks = 24"):
+        linear_scan(a_lti, b, h0, interpret=True, layout="mosaic", chunks=4)
 
 
 def test_unknown_layout_raises(rng, monkeypatch):
@@ -365,4 +435,5 @@ def test_supported():
     assert "compute capability" in lm.supported(256, 8, 1, interpret=False)  # this CPU
     assert "128" in lm.supported(192, 8, 1, interpret=True)
     assert "chunks" in lm.supported(256, 8, 4, interpret=True)
+    assert lm.supported(256, 8, 4, interpret=True, lti=True) is None
     assert "unroll" in lm.supported(256, 16 + 8, 1, interpret=True)
