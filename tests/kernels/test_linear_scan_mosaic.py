@@ -228,10 +228,16 @@ def test_lowers_to_mosaic_gpu(hopper, dtype, shape, form, reverse):
     Catches what the Mosaic GPU lowering rejects (layouts of loaded vectors, TMA shapes,
     shared-memory sizes, ...), which interpret mode does not run.
     """
+    _assert_one_and_two_kernels(dtype, shape, form, reverse=reverse)
+
+
+def _assert_one_and_two_kernels(dtype, shape, form, **options):
+    """``linear_scan(..., layout="mosaic", **options)`` lowers for CUDA to one Mosaic GPU
+    kernel, its gradient w.r.t. ``a``, ``b``, ``h0`` to two, and neither to a Triton one."""
     args = shapes(jnp.dtype(dtype), *shape, form)
 
     def f(a, b, h0):
-        return linear_scan(a, b, h0, reverse=reverse, layout="mosaic")
+        return linear_scan(a, b, h0, layout="mosaic", **options)
 
     def grad(a, b, h0):
         loss = lambda *x: jnp.sum(jnp.abs(f(*x).astype(b.dtype)) ** 2).real
@@ -254,19 +260,7 @@ def test_lowers_to_mosaic_gpu(hopper, dtype, shape, form, reverse):
 def test_chunked_lowers_to_mosaic_gpu(hopper, dtype, shape, form, reverse, chunks):
     """The L-parallel Mosaic scan: still one Mosaic GPU kernel forward and two for the
     gradient (the chunk states are XLA), no Triton kernel."""
-    args = shapes(jnp.dtype(dtype), *shape, form)
-
-    def f(a, b, h0):
-        return linear_scan(a, b, h0, reverse=reverse, layout="mosaic", chunks=chunks)
-
-    def grad(a, b, h0):
-        loss = lambda *x: jnp.sum(jnp.abs(f(*x).astype(b.dtype)) ** 2).real
-        return jax.grad(loss, argnums=(0, 1, 2))(a, b, h0)
-
-    text = lowered(f, *args)
-    assert text.count(MOSAIC) == 1 and TRITON not in text
-    text = lowered(grad, *args)
-    assert text.count(MOSAIC) == 2 and TRITON not in text
+    _assert_one_and_two_kernels(dtype, shape, form, reverse=reverse, chunks=chunks)
 
 
 # ----------------------------------------------------------------------------------------
