@@ -68,9 +68,13 @@ def _stages(tile: int, staged) -> int:
     return max(1, min(MAX_STAGES, SMEM_BYTES // per_stage))
 
 
-def supported(d: int, unroll: int, chunks: int, interpret: bool, lti: bool = False) -> str | None:
+def supported(
+    d: int, unroll: int, chunks: int, interpret: bool, lti: bool = False, length: int = 0
+) -> str | None:
     """Why the Mosaic kernels cannot run this call (``None`` when they can); ``lti``: the
-    ``a`` is time-invariant (``chunks > 1`` needs it)."""
+    ``a`` is time-invariant, ``length`` the sequence's (``chunks > 1`` needs both, and
+    chunks of whole tiles: a partial tile would put its padding between a chunk and the
+    carry it receives)."""
     if plgpu is None:
         return "jax.experimental.pallas.mosaic_gpu cannot be imported"
     if not interpret and not on_hopper():
@@ -79,6 +83,8 @@ def supported(d: int, unroll: int, chunks: int, interpret: bool, lti: bool = Fal
         return f"the flattened state size {d} is not a multiple of {BLOCK_D}"
     if chunks != 1 and not lti:
         return "the L-parallel (chunks > 1) Mosaic scan needs a time-invariant a"
+    if chunks != 1 and (length // chunks) % TILE:
+        return f"chunks of {length / chunks:g} steps are not whole {TILE}-step tiles"
     if TILE % unroll:
         return f"unroll={unroll} does not divide the tile ({TILE} steps)"
     return None

@@ -28,17 +28,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from pallas_kernels._chunk_states import _planes, _unplanes, chunk_starts
 from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_fwd_mosaic
 
 _F32 = jnp.float32
-
-
-def _complex(planes):
-    return planes[0] if len(planes) == 1 else lax.complex(planes[0], planes[1])
-
-
-def _planes(x, n: int):
-    return (x,) if n == 1 else (jnp.real(x), jnp.imag(x))
 
 
 def _powers(a, steps: int):
@@ -61,19 +54,6 @@ def _weighted_sums(xp, w):
     return lax.complex(re, im)
 
 
-def _chunk_scan(decay, inputs, start, reverse: bool):
-    """``s_{c+1} = decay * s_c + inputs_c`` over the chunk axis (1) of ``inputs``
-    (``(batch, C, d)``), from ``start`` (``(batch, d)``), in reverse chunk order when
-    ``reverse``; returns every chunk's start ``(batch, C, d)``."""
-
-    def step(s, x):
-        return decay * s + x, s
-
-    xs = jnp.moveaxis(inputs, 1, 0)
-    _, starts = lax.scan(step, start, xs, reverse=reverse)
-    return jnp.moveaxis(starts, 0, 1)
-
-
 def _rows(ap, batch: int, chunks: int):
     """A time-invariant ``a`` (``(Ba, d)``) for the ``(batch * C)`` chunk rows."""
     if ap[0].shape[0] == 1:
@@ -90,14 +70,14 @@ def run_fwd_chunked(cfg, ap, bp, h0p):
     batch, length, d = bp[0].shape
     n, chunks = len(bp), cfg.chunks
     steps = length // chunks
-    a = _complex(ap).astype(jnp.complex64 if n == 2 else _F32)
+    a = _unplanes(ap).astype(jnp.complex64 if n == 2 else _F32)
     pw = _powers(a, steps)
     # The chunk's last step in scan order weighs a^0: k = T-1 forward, k = 0 reversed.
     w = pw[:, :steps] if cfg.reverse else pw[:, steps - 1 :: -1]
     ends = _weighted_sums(_view(bp, (batch, chunks, steps, d)), w)
-    starts = _chunk_scan(pw[:, steps], ends, _complex(h0p), cfg.reverse)
+    starts = chunk_starts(pw[:, None, steps], ends, _unplanes(h0p), cfg.reverse)
     single = cfg._replace(chunks=1)
-    s0 = _view(_planes(starts, n), (batch * chunks, d))
+    s0 = _view(_planes(starts), (batch * chunks, d))
     hp = run_fwd_mosaic(single, _rows(ap, batch, chunks), _view(bp, (-1, steps, d)), s0)
     return _view(hp, (batch, length, d))
 
@@ -108,15 +88,15 @@ def run_bwd_chunked(cfg, ap, hp, dhp, h0p, b_dtype):
     batch, length, d = hp[0].shape
     n, chunks = len(hp), cfg.chunks
     steps = length // chunks
-    a = _complex(ap).astype(jnp.complex64 if n == 2 else _F32)
+    a = _unplanes(ap).astype(jnp.complex64 if n == 2 else _F32)
     a_c = jnp.conj(a)
     pw = _powers(a_c, steps)
     # The adjoint runs against the scan: its last step in a chunk is k = 0 (k = T-1 reversed).
     w = pw[:, steps - 1 :: -1] if cfg.reverse else pw[:, :steps]
     ends = _weighted_sums(_view(dhp, (batch, chunks, steps, d)), w)
     # g at each chunk's last adjoint step, entering from the chunk after it (0 for the last).
-    g_in = _chunk_scan(pw[:, steps], ends, jnp.zeros_like(ends[:, 0]), not cfg.reverse)
-    c0 = _view(_planes(a_c[:, None] * g_in, n), (batch * chunks, d))
+    g_in = chunk_starts(pw[:, None, steps], ends, jnp.zeros_like(ends[:, 0]), not cfg.reverse)
+    c0 = _view(_planes(a_c[:, None] * g_in), (batch * chunks, d))
     # Every chunk's start state: a row of h next to it, or h0 for the first chunk.
     h4 = _view(hp, (batch, chunks, steps, d))
     if cfg.reverse:

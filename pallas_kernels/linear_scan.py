@@ -65,7 +65,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-import pallas_kernels._linear_scan_mosaic as _lsm
+from pallas_kernels._chunk_states import _planes, _unplanes, chunk_starts
 from pallas_kernels._common import check_backend, is_pow2
 from pallas_kernels._linear_scan_kernels import (
     _bwd_kernel,
@@ -109,17 +109,6 @@ def _compiler_params(cfg: _Config):
     from jax.experimental.pallas import triton as plt
 
     return plt.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
-
-def _planes(x) -> tuple:
-    """A real array as one plane, a complex one as its (real, imaginary) planes."""
-    if jnp.iscomplexobj(x):
-        return (jnp.real(x), jnp.imag(x))
-    return (x,)
-
-
-def _unplanes(ps):
-    return ps[0] if len(ps) == 1 else jax.lax.complex(ps[0], ps[1])
 
 
 def _each(f, ps) -> tuple:
@@ -269,20 +258,10 @@ def _two_pass(cfg: _Config, ap, bp, h0p, reverse: bool):
     ends = _unplanes(outs[:n])
     if lti:
         a_c = _unplanes(_each(lambda x: x.astype(_F32), ap))
-        prods = jnp.broadcast_to(lax.integer_pow(a_c, chunk)[:, None], ends.shape)
+        prods = lax.integer_pow(a_c, chunk)[:, None]
     else:
         prods = _unplanes(outs[n:])
-    if reverse:
-        prods, ends = prods[:, ::-1], ends[:, ::-1]
-
-    def combine(x, y):  # x earlier, y later in scan order
-        return y[0] * x[0], y[0] * x[1] + y[1]
-
-    cum_p, cum_e = lax.associative_scan(combine, (prods, ends), axis=1)
-    h0c = _unplanes(h0p).astype(cum_e.dtype)[:, None]
-    starts = jnp.concatenate([h0c, cum_p[:, :-1] * h0c + cum_e[:, :-1]], axis=1)
-    if reverse:
-        starts = starts[:, ::-1]
+    starts = chunk_starts(prods, ends, _unplanes(h0p), reverse)
     # Pass 3: rescan every chunk from its start state.
     return tuple(
         pl.pallas_call(
@@ -517,7 +496,9 @@ def _run_planes(
         chunks = 1 if chunks is None else chunks
         # The channels are zero-padded to whole 128-channel programs (as for Triton blocks).
         d_mosaic = -(-d // MOSAIC_BLOCK_D) * MOSAIC_BLOCK_D
-        why = mosaic_supported(d_mosaic, unroll, chunks, interpret, lti=time_invariant)
+        why = mosaic_supported(
+            d_mosaic, unroll, chunks, interpret, lti=time_invariant, length=length
+        )
         if why:
             raise NotImplementedError(f"linear_scan: layout='mosaic': {why}")
     bd = MOSAIC_BLOCK_D if mosaic else (block_d or _default_block_d(batch, d))
@@ -529,11 +510,6 @@ def _run_planes(
         chunks = default_chunks(batch, -(-d // bd), length)
     if not isinstance(chunks, int) or chunks < 1 or length % chunks:
         raise NotImplementedError(f"linear_scan: chunks={chunks!r} must divide l={length}")
-    if mosaic and chunks > 1 and (length // chunks) % _lsm.TILE:
-        raise NotImplementedError(
-            f"linear_scan: layout='mosaic' with chunks={chunks} needs chunks of whole "
-            f"{_lsm.TILE}-step tiles; l / chunks = {length / chunks:g}"
-        )
     cfg = _Config(
         chunks=chunks,
         block_d=bd,

@@ -15,17 +15,50 @@ import time
 import jax
 import numpy as np
 
+SCAN_SHAPES = {  # the linear-scan benchmark shapes: name -> ((b, l, d), dtype, time-invariant a)
+    "fp32-tv": ((8, 4096, 2048), "float32", False),
+    "c64-ti": ((8, 4096, 1024), "complex64", True),
+    "c64-tv": ((8, 4096, 1024), "complex64", False),
+}
 
-def time_ms(fn, *args, warmup: int = 2, repeats: int = 7) -> float:
-    """Median wall time of ``fn(*args)`` in milliseconds (compiled, warmed up, synced)."""
+
+def parse_scan_shape(spec: str, shapes: dict = SCAN_SHAPES):
+    """``"c64-ti"`` (a ``shapes`` entry) or ``"c64-ti:8x4096x256"`` (its kind at another
+    ``(batch, l, d)``) -> ``((batch, l, d), dtype, time-invariant a)``."""
+    kind, _, dims = spec.partition(":")
+    if kind not in shapes:
+        raise ValueError(f"unknown shape {kind!r} in {spec!r}; one of {sorted(shapes)}")
+    shape, dtype, lti = shapes[kind]
+    if dims:
+        shape = tuple(int(x) for x in dims.split("x"))
+        if len(shape) != 3:
+            raise ValueError(f"{spec!r}: give batch x l x d")
+    return shape, dtype, lti
+
+
+def median_ms(run, sync, warmup: int = 2, repeats: int = 7) -> float:
+    """Median wall time of ``run()`` then ``sync()`` in milliseconds, after ``warmup`` calls
+    (any framework: ``sync`` waits for the device)."""
     for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
+        run()
+        sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        run()
+        sync()
         times.append(time.perf_counter() - start)
     return float(np.median(times)) * 1e3
+
+
+def time_ms(fn, *args, warmup: int = 2, repeats: int = 7) -> float:
+    """Median wall time of ``fn(*args)`` in milliseconds (compiled, warmed up, synced)."""
+    out = {}
+
+    def run():
+        out["y"] = fn(*args)
+
+    return median_ms(run, lambda: jax.block_until_ready(out["y"]), warmup, repeats)
 
 
 def device_ms(fn, *args, iterations: int = 10) -> float | None:

@@ -35,9 +35,17 @@ import argparse
 import itertools
 import os
 import sys
-import time
 
 import numpy as np
+
+from experiments.bench._harness import (
+    SCAN_SHAPES,
+    device_ms,
+    header,
+    median_ms,
+    parse_scan_shape,
+    table,
+)
 
 try:  # the kernels are plain Triton: importable wherever triton is, runnable on a GPU
     import triton
@@ -45,27 +53,17 @@ try:  # the kernels are plain Triton: importable wherever triton is, runnable on
 except ImportError:  # pragma: no cover - the GPU image has triton
     triton = tl = None
 
-SHAPES = {  # name: ((batch, l, d), planes, time-invariant a)
-    "fp32-tv": ((8, 4096, 2048), 1, False),
-    "c64-ti": ((8, 4096, 1024), 2, True),
-    "c64-tv": ((8, 4096, 1024), 2, False),
-}
+SHAPES = dict(SCAN_SHAPES)  # name: ((batch, l, d), dtype, time-invariant a)
 GROUPS = ("torch", "stream", "scan", "tile", "jax")
 SPEC_TBPS = 3.35  # H100 SXM HBM3, the vendor's figure
 COPY_TBPS = 3.0  # performance.md's copy ceiling, the floor of the issue's target
 
 
 def parse_shape(name: str):
-    """``"fp32-tv"`` or ``"fp32-tv:4x8192x2048"``: ``((batch, l, d), planes, lti)``."""
-    kind, _, dims = name.partition(":")
-    if kind not in SHAPES:
-        raise ValueError(f"unknown shape {kind!r}; one of {sorted(SHAPES)}")
-    shape, planes, lti = SHAPES[kind]
-    if dims:
-        shape = tuple(int(x) for x in dims.split("x"))
-        if len(shape) != 3:
-            raise ValueError(f"{name!r}: give batch x l x d")
-    return shape, planes, lti
+    """``"fp32-tv"`` or ``"fp32-tv:4x8192x2048"``: ``((batch, l, d), planes, lti)`` (planes:
+    1 real, 2 complex)."""
+    shape, dtype, lti = parse_scan_shape(name, SHAPES)
+    return shape, 2 if dtype == "complex64" else 1, lti
 
 
 def forward_bytes(shape, planes: int, lti: bool) -> int:
@@ -185,19 +183,6 @@ if triton is not None:
 # ----------------------------------------------------------------------------------------
 
 
-def _median_ms(fn, sync, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-        sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
-
-
 def host_inputs(shape, planes, lti, seed=0):
     """``a`` (``(planes, d)`` when ``lti``, else ``(planes, *shape)``) with ``|a| < 1``,
     ``b`` of ``(planes, *shape)``: float32 numpy."""
@@ -231,7 +216,7 @@ def reference_scan(torch, a, b, lti):
     return out[None].float()
 
 
-def rel_err(torch, x, ref) -> float:
+def rel_err(x, ref) -> float:
     return float((x - ref).abs().max() / ref.abs().max())
 
 
@@ -246,7 +231,7 @@ def _add_row(rows, log, shape, row_name, nbytes, run, sync, error, device, timin
         err = error()
         if err is not None:
             extra.update(err=err, ok="OK" if err < 1e-4 else "FAIL")
-        ms = _median_ms(run, sync, warmup, repeats)
+        ms = median_ms(run, sync, warmup, repeats)
         dev = device() if repeats >= 2 else None
     except Exception as e:  # a config that does not compile: say so, go on
         rows.append({"shape": shape, "row": row_name, "note": f"{type(e).__name__}: {e}"[:160]})
@@ -278,7 +263,7 @@ def run_shape(name, groups, warmup, repeats, check, log=print):
         def error():
             if want is None:
                 return None
-            return rel_err(torch, h, want if scan else want())
+            return rel_err(h, want if scan else want())
 
         h.fill_(float("nan"))
         device = lambda: triton.testing.do_bench(fn, return_mode="median")
@@ -334,7 +319,6 @@ def jax_rows(name, a_np, b_np, lti, ref, timing, nbytes, log):
     import jax
     import jax.numpy as jnp
 
-    from experiments.bench._harness import device_ms
     from pallas_kernels.linear_scan import linear_scan, linear_scan_planes
 
     a = tuple(jnp.asarray(x) for x in a_np)
@@ -392,8 +376,6 @@ def main(argv=None):
         rows += run_shape(name, groups, warmup, repeats, check=not args.profile)
     if args.profile:
         return
-    from experiments.bench._harness import header, table
-
     argv = sys.argv[1:] if argv is None else argv
     print(header("python -m experiments.bench.bandwidth " + " ".join(argv)))
     print(f"torch {torch.__version__}, triton {triton.__version__}, {torch.cuda.get_device_name()}")

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench._harness import device_ms, header, table, time_ms
+from experiments.bench._harness import device_ms, header, parse_scan_shape, table, time_ms
 from pallas_kernels.linear_scan import linear_scan, linear_scan_planes
 from pallas_kernels.selective_scan import selective_scan as selective_scan_kernel
 from ssmjax.ops import linear_recurrence, selective_scan
@@ -114,22 +114,6 @@ def ss_inputs(b, length, d, n, dtype, *, g=1, seed=0, gate=True):
 # ----------------------------------------------------------------------------------------
 # linear_recurrence
 # ----------------------------------------------------------------------------------------
-
-
-SCAN_KINDS = {"fp32-tv": ("float32", False), "c64-tv": ("complex64", False)}
-SCAN_KINDS["c64-ti"] = ("complex64", True)
-
-
-def parse_scan_shape(spec: str):
-    """``"c64-ti:8x4096x256"`` -> ``((8, 4096, 256), "complex64", True)`` (kind: fp32-tv,
-    c64-tv or c64-ti: float32 or complex64, time-varying or time-invariant ``a``)."""
-    kind, _, dims = spec.partition(":")
-    if kind not in SCAN_KINDS or not dims:
-        raise ValueError(f"{spec!r}: give KIND:BxLxD with KIND in {sorted(SCAN_KINDS)}")
-    shape = tuple(int(x) for x in dims.split("x"))
-    if len(shape) != 3:
-        raise ValueError(f"{spec!r}: give batch x l x d")
-    return (shape, *SCAN_KINDS[kind])
 
 
 def scan_fns(impl, reverse=False, **kw):
@@ -608,8 +592,8 @@ def main(argv=None):
     parser.add_argument(
         "--scan-shapes",
         default=None,
-        help="comma-separated linear_recurrence shapes instead of the three defaults, "
-        "KIND:BxLxD with KIND fp32-tv, c64-tv or c64-ti (e.g. c64-ti:8x4096x256)",
+        help="comma-separated linear_recurrence shapes instead of the three defaults: "
+        "fp32-tv, c64-tv, c64-ti, or one of them at another shape (e.g. c64-ti:8x4096x256)",
     )
     parser.add_argument(
         "--ss-check-impls",

@@ -29,16 +29,19 @@ import jax.numpy as jnp
 import numpy as np
 
 import pallas_kernels._linear_scan_mosaic as lm
-from experiments.bench._harness import device_ms, header, table, time_ms
+from experiments.bench._harness import (
+    SCAN_SHAPES,
+    device_ms,
+    header,
+    parse_scan_shape,
+    table,
+    time_ms,
+)
 from experiments.bench.kernels import tree_err
 from pallas_kernels.linear_scan import linear_scan, linear_scan_planes
 from ssmjax.ops import linear_recurrence
 
-SHAPES = {  # name: (shape, dtype, time-invariant a)
-    "fp32-tv": ((8, 4096, 2048), "float32", False),
-    "c64-ti": ((8, 4096, 1024), "complex64", True),
-    "c64-tv": ((8, 4096, 1024), "complex64", False),
-}
+SHAPES = dict(SCAN_SHAPES)  # name: (shape, dtype, time-invariant a)
 
 
 def parse_variant(spec: str) -> tuple[dict, dict]:
@@ -133,11 +136,7 @@ def copy_fns(lti):
 def parse_shape(name: str):
     """``"fp32-tv"`` (a :data:`SHAPES` entry) or ``"fp32-tv:4x8192x2048"`` (its kind at
     another ``(batch, l, d)``)."""
-    kind, _, dims = name.partition(":")
-    shape, dtype, lti = SHAPES[kind]
-    if dims:
-        shape = tuple(int(x) for x in dims.split("x"))
-    return shape, dtype, lti
+    return parse_scan_shape(name, SHAPES)
 
 
 def bench_shape(name, variants, repeats):

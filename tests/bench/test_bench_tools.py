@@ -198,8 +198,9 @@ import torch
 torch.Tensor.cuda = lambda self: self
 torch.cuda.synchronize = lambda: None
 import experiments.bench.bandwidth as bw
-bw.SHAPES.update({"tiny-tv": ((2, 48, 256), 1, False), "tiny-ti": ((2, 24, 128), 2, True),
-                  "tiny-ctv": ((1, 16, 128), 2, False)})
+bw.SHAPES.update({"tiny-tv": ((2, 48, 256), "float32", False),
+                  "tiny-ti": ((2, 24, 128), "complex64", True),
+                  "tiny-ctv": ((1, 16, 128), "complex64", False)})
 short = bw.scan_configs
 bw.scan_configs = lambda g, p: short(g, p)[:2]
 for name in ("tiny-tv", "tiny-ti", "tiny-ctv"):
@@ -247,11 +248,12 @@ def test_bandwidth_triton_scans_interpreted():
 
 
 def test_kernels_scan_shapes():
-    from experiments.bench.kernels import parse_scan_shape
+    from experiments.bench._harness import parse_scan_shape
 
     assert parse_scan_shape("c64-ti:8x4096x256") == ((8, 4096, 256), "complex64", True)
     assert parse_scan_shape("fp32-tv:2x16384x2048") == ((2, 16384, 2048), "float32", False)
-    for bad in ("c64-ti", "bf16-tv:1x2x3", "c64-tv:8x4096"):
+    assert parse_scan_shape("c64-tv") == ((8, 4096, 1024), "complex64", False)
+    for bad in ("bf16-tv:1x2x3", "c64-tv:8x4096", "fp32"):
         with pytest.raises(ValueError):
             parse_scan_shape(bad)
 

@@ -398,7 +398,7 @@ def test_mosaic_chunks_of_whole_tiles(rng, monkeypatch):
     monkeypatch.setattr(ls, "_scan", lambda *a: pytest.fail("the scan ran"))
     _, b, h0, _ = make_inputs(rng, "float32", (BATCH, 96, 128))
     a_lti = make_lti_a(rng, "float32", lti_a_shape("shared", BATCH, (128,)))
-    with pytest.raises(NotImplementedError, match="whole 32-step tiles; l / chunks = 24"):
+    with pytest.raises(NotImplementedError, match="chunks of 24 steps are not whole 32-step"):
         linear_scan(a_lti, b, h0, interpret=True, layout="mosaic", chunks=4)
 
 
@@ -429,5 +429,6 @@ def test_supported():
     assert "compute capability" in lm.supported(256, 8, 1, interpret=False)  # this CPU
     assert "128" in lm.supported(192, 8, 1, interpret=True)
     assert "chunks" in lm.supported(256, 8, 4, interpret=True)
-    assert lm.supported(256, 8, 4, interpret=True, lti=True) is None
+    assert lm.supported(256, 8, 4, interpret=True, lti=True, length=128) is None
+    assert "whole 32-step tiles" in lm.supported(256, 8, 4, interpret=True, lti=True, length=96)
     assert "unroll" in lm.supported(256, 16 + 8, 1, interpret=True)
