@@ -90,7 +90,7 @@ def supported(
     return None
 
 
-def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
+def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, final_only=False):
     na = p
     a_refs, b_refs, h0_refs, h_refs = (
         refs[:na],
@@ -122,13 +122,17 @@ def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
                 a = a_lti or [ops.vec(s.at[slot, t]).astype(_F32) for s in a_slots]
                 x = [ops.vec(s.at[slot, t]).astype(_F32) for s in b_slots]
                 h = _add(_mul(a, h), x)
-                for r, v in zip(h_refs, h, strict=True):
-                    r[b, tile * TILE + t, cols] = v.astype(r.dtype)
+                if not final_only:
+                    for r, v in zip(h_refs, h, strict=True):
+                        r[b, tile * TILE + t, cols] = v.astype(r.dtype)
             return tuple(h)
 
         return lax.fori_loop(0, TILE // unroll, group, h)
 
-    tiles.loop(tile_body, tuple(h))
+    h = tiles.loop(tile_body, tuple(h))
+    if final_only:  # only the state after the last step, (batch, d) fp32
+        for r, v in zip(h_refs, h, strict=True):
+            r[b, cols] = v.astype(r.dtype)
 
 
 def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
@@ -254,20 +258,35 @@ def _call(cfg, body, staged, out_shape, n_in: int, grid, name: str):
     )
 
 
-def run_fwd_mosaic(cfg, ap, bp, h0p):
-    """The ``h`` planes ``(batch, l, d)`` (as ``linear_scan._run_fwd``)."""
+def run_fwd_mosaic(cfg, ap, bp, h0p, final_only: bool = False):
+    """The ``h`` planes ``(batch, l, d)`` (as ``linear_scan._run_fwd``); with
+    ``final_only``, only the state after the scan's last step, ``(batch, d)`` fp32 planes
+    (nothing but ``b`` is read: the chunk end states of the L-parallel scan). ``final_only``
+    needs whole tiles (padding would be scanned last)."""
     batch, length, d = bp[0].shape
     p, lti = len(bp), ap[0].ndim == 2
     n_tiles, pad = _tiling(length)
+    if final_only and pad:
+        raise ValueError(f"final_only needs whole {TILE}-step tiles, got {length} steps")
     seq = lambda v: _pad(v, pad, cfg.reverse)
     ap = ap if lti else tuple(seq(v) for v in ap)
     bp = tuple(seq(v) for v in bp)
     staged = ([] if lti else [v.dtype for v in ap]) + [v.dtype for v in bp]  # slot order
     body = functools.partial(
-        _fwd_kernel, p=p, lti=lti, reverse=cfg.reverse, n_tiles=n_tiles, unroll=cfg.unroll
+        _fwd_kernel,
+        p=p,
+        lti=lti,
+        reverse=cfg.reverse,
+        n_tiles=n_tiles,
+        unroll=cfg.unroll,
+        final_only=final_only,
     )
-    out_shape = [jax.ShapeDtypeStruct((batch, length + pad, d), bp[0].dtype)] * p
     grid = (d // BLOCK_D, batch)
+    if final_only:
+        out_shape = [jax.ShapeDtypeStruct((batch, d), _F32)] * p
+        call = _call(cfg, body, staged, out_shape, 3 * p, grid, "linear_scan_ends_mosaic")
+        return tuple(call(*ap, *bp, *h0p))
+    out_shape = [jax.ShapeDtypeStruct((batch, length + pad, d), bp[0].dtype)] * p
     call = _call(cfg, body, staged, out_shape, 3 * p, grid, "linear_scan_fwd_mosaic")
     hp = call(*ap, *bp, *h0p)
     return tuple(_unpad(h, length, pad, cfg.reverse) for h in hp)

@@ -5,28 +5,31 @@ On a small grid (few sequences x 128-channel programs, e.g. S5/LRU at batch 8 an
 states: 16 programs for 132 SMs) the single-pass Mosaic kernel cannot fill the GPU. Here the
 time axis is cut into ``C`` chunks of ``T = l / C`` steps, and the single-pass kernels of
 :mod:`pallas_kernels._linear_scan_mosaic` run on the free reshape ``(batch * C, T, d)``: ``C``
-times the programs. A chunk needs its true start state, which a time-invariant ``a`` gives in
-closed form, in XLA:
+times the programs. A chunk needs its true start state, which a time-invariant ``a`` makes
+cheap:
 
-* forward: every chunk's end state from a zero start is a weighted sum of its inputs,
-  ``E_c = sum_k a^(T-1-k) b_{c,k}`` (``a^k`` when ``reverse``): one read of ``b``; then a
-  short scan over the chunks, ``S_{c+1} = a^T S_c + E_c`` from ``S_0 = h0``, gives the start
-  states, and the kernel rescans every chunk from its own (a second read of ``b``, one write
-  of ``h``: 1.5x the single pass's traffic);
-* backward: the adjoint ``g_t = dh_t + conj(a) g_{t+1}`` likewise, from the other end:
-  ``F_c = sum_k conj(a)^k dh_{c,k}`` (``conj(a)^(T-1-k)`` when ``reverse``), a reverse scan
-  over the chunks, and each chunk's backward kernel starts from the carry of the chunk after
-  it (``c0``); its start state ``S_c`` is a row of the forward's ``h`` (the last row of the
-  chunk before it, or ``h0``), so nothing extra is saved. ``da`` sums over the chunks.
+* forward: every chunk's end state from a zero start, ``E_c`` (``sum_k a^(T-1-k) b_{c,k}``),
+  by the same kernel storing only its final state (``final_only``: one read of ``b``, on the
+  ``C``-times grid); then a short scan over the chunks, ``S_{c+1} = a^T S_c + E_c`` from
+  ``S_0 = h0`` (XLA, ``(batch, C, d)``), gives the start states, and the kernel rescans every
+  chunk from its own (a second read of ``b``, one write of ``h``: 1.5x the single pass's
+  traffic);
+* backward: the adjoint ``g_t = dh_t + conj(a) g_{t+1}`` likewise, from the other end: its
+  zero-start end state in every chunk, ``F_c`` (``sum_k conj(a)^k dh_{c,k}``), by the end-state
+  kernel scanning ``dh`` the other way with ``conj(a)``, a scan over the chunks, and each
+  chunk's backward kernel starts from the carry of the chunk after it (``c0``); its start
+  state ``S_c`` is a row of the forward's ``h`` (the last row of the chunk before it, or
+  ``h0``), so nothing extra is saved. ``da`` sums over the chunks.
 
-The powers ``a^k`` come from a cumulative product over ``T`` steps (``(Ba, T, d)``, small).
+(The session-10 version summed ``E_c`` and ``F_c`` in XLA with weights ``a^k``: a column
+reduction over ``T`` steps with only ``batch * C * d`` outputs, slow for long chunks.)
+``a^T`` comes from repeated squaring (``log2 T`` products, as accurate as the scan's own).
 Planes: 1 (real) or 2 (real, imaginary) fp32 arrays, as everywhere in ``linear_scan``.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import lax
 
 from pallas_kernels._chunk_states import _planes, _unplanes, chunk_starts
 from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_fwd_mosaic
@@ -34,24 +37,30 @@ from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_fwd_mosaic
 _F32 = jnp.float32
 
 
-def _powers(a, steps: int):
-    """``a^k`` for ``k = 0..steps``: ``(Ba, steps + 1, d)`` (``a``: ``(Ba, d)``)."""
-    run = jnp.broadcast_to(a[:, None], (a.shape[0], steps, a.shape[1]))
-    ones = jnp.ones_like(a)[:, None]
-    return jnp.concatenate([ones, jnp.cumprod(run, axis=1)], axis=1)
+def _power(a, n: int):
+    """``a^n`` (``n >= 1`` static) by repeated squaring."""
+    out, sq = None, a
+    while n:
+        if n & 1:
+            out = sq if out is None else out * sq
+        n >>= 1
+        if n:
+            sq = sq * sq
+    return out
 
 
-def _weighted_sums(xp, w):
-    """``sum_k w[k] x[:, :, k]`` of the planes ``xp`` (each ``(batch, C, T, d)``) with the
-    complex or real weights ``w`` (``(Ba, T, d)``): ``(batch, C, d)`` complex or real.
-    Computed on the planes, so ``x`` is read once and never made complex."""
-    w = w[:, None]  # (Ba, 1, T, d)
-    if len(xp) == 1:
-        return jnp.sum(xp[0] * w, axis=2)
-    wr, wi = jnp.real(w), jnp.imag(w)
-    re = jnp.sum(xp[0] * wr - xp[1] * wi, axis=2)
-    im = jnp.sum(xp[0] * wi + xp[1] * wr, axis=2)
-    return lax.complex(re, im)
+def _ends(cfg, ap, xp, batch: int, chunks: int, reverse: bool):
+    """Every chunk's zero-start end state ``(batch, C, d)`` (real, or complex from two
+    planes) of the scan of ``xp`` (planes ``(batch, l, d)``) with the time-invariant ``ap``,
+    in ``reverse`` order or not: the end-state kernel on ``(batch * C, T, d)``."""
+    d = xp[0].shape[-1]
+    rows = batch * chunks
+    zeros = tuple(jnp.zeros((rows, d), _F32) for _ in xp)
+    one = cfg._replace(chunks=1, reverse=reverse)
+    ends = run_fwd_mosaic(
+        one, _rows(ap, batch, chunks), _view(xp, (rows, -1, d)), zeros, final_only=True
+    )
+    return _unplanes(_view(ends, (batch, chunks, d)))
 
 
 def _rows(ap, batch: int, chunks: int):
@@ -68,14 +77,11 @@ def _view(xp, shape):
 def run_fwd_chunked(cfg, ap, bp, h0p):
     """The ``h`` planes ``(batch, l, d)`` of a time-invariant scan, ``cfg.chunks`` chunks."""
     batch, length, d = bp[0].shape
-    n, chunks = len(bp), cfg.chunks
+    chunks = cfg.chunks
     steps = length // chunks
-    a = _unplanes(ap).astype(jnp.complex64 if n == 2 else _F32)
-    pw = _powers(a, steps)
-    # The chunk's last step in scan order weighs a^0: k = T-1 forward, k = 0 reversed.
-    w = pw[:, :steps] if cfg.reverse else pw[:, steps - 1 :: -1]
-    ends = _weighted_sums(_view(bp, (batch, chunks, steps, d)), w)
-    starts = chunk_starts(pw[:, None, steps], ends, _unplanes(h0p), cfg.reverse)
+    ends = _ends(cfg, ap, bp, batch, chunks, cfg.reverse)
+    a_t = _power(_unplanes(ap).astype(ends.dtype), steps)  # (Ba, d)
+    starts = chunk_starts(a_t[:, None], ends, _unplanes(h0p), cfg.reverse)
     single = cfg._replace(chunks=1)
     s0 = _view(_planes(starts), (batch * chunks, d))
     hp = run_fwd_mosaic(single, _rows(ap, batch, chunks), _view(bp, (-1, steps, d)), s0)
@@ -86,16 +92,15 @@ def run_bwd_chunked(cfg, ap, hp, dhp, h0p, b_dtype):
     """``(db, da, dh0)`` planes of a time-invariant scan (as ``run_bwd_mosaic``; ``da`` the
     per-sequence ``(batch, d)`` sum)."""
     batch, length, d = hp[0].shape
-    n, chunks = len(hp), cfg.chunks
+    chunks = cfg.chunks
     steps = length // chunks
-    a = _unplanes(ap).astype(jnp.complex64 if n == 2 else _F32)
-    a_c = jnp.conj(a)
-    pw = _powers(a_c, steps)
-    # The adjoint runs against the scan: its last step in a chunk is k = 0 (k = T-1 reversed).
-    w = pw[:, steps - 1 :: -1] if cfg.reverse else pw[:, :steps]
-    ends = _weighted_sums(_view(dhp, (batch, chunks, steps, d)), w)
+    # The adjoint g_t = dh_t + conj(a) g_{t+1} scans against the forward, with conj(a).
+    a_cp = _planes(jnp.conj(_unplanes(ap)))
+    ends = _ends(cfg, a_cp, dhp, batch, chunks, not cfg.reverse)
+    a_c = _unplanes(a_cp).astype(ends.dtype)
     # g at each chunk's last adjoint step, entering from the chunk after it (0 for the last).
-    g_in = chunk_starts(pw[:, None, steps], ends, jnp.zeros_like(ends[:, 0]), not cfg.reverse)
+    a_t = _power(a_c, steps)
+    g_in = chunk_starts(a_t[:, None], ends, jnp.zeros_like(ends[:, 0]), not cfg.reverse)
     c0 = _view(_planes(a_c[:, None] * g_in), (batch * chunks, d))
     # Every chunk's start state: a row of h next to it, or h0 for the first chunk.
     h4 = _view(hp, (batch, chunks, steps, d))

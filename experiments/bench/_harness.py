@@ -78,7 +78,35 @@ def device_ms(fn, *args, iterations: int = 10) -> float | None:
         return None
     if timings is None:
         return None
+    if KERNEL_TIMES:
+        for name, ms in kernel_times(fn, *args):
+            print(f"    kernel {ms:8.4f} ms  {name[:100]}", flush=True)
     return float(np.median(timings if iterations > 1 else [timings]))
+
+
+KERNEL_TIMES = False  # set by the scripts' --kernel-times: device_ms also prints each kernel
+
+
+def kernel_times(fn, *args, iterations: int = 5) -> list[tuple[str, float]]:
+    """Each kernel of one ``fn(*args)`` call in launch order, ``(name, median ms)`` over
+    ``iterations`` calls (CUPTI); empty where CUPTI cannot run. Shows where a program's
+    device time goes (e.g. the XLA kernels around a Pallas kernel)."""
+    if jax.devices()[0].platform != "gpu":
+        return []
+    from jax.experimental.mosaic.gpu import profiler
+
+    jax.block_until_ready(fn(*args))
+    try:
+        _, timings = profiler.measure(fn, aggregate=False, iterations=iterations)(*args)
+    except RuntimeError as e:
+        print(f"kernel_times: {e}", flush=True)
+        return []
+    if not timings:
+        return []
+    runs = timings if iterations > 1 else [timings]
+    return [
+        (name, float(np.median([run[i][1] for run in runs]))) for i, (name, _) in enumerate(runs[0])
+    ]
 
 
 def header(command: str) -> str:

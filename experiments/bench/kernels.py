@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.bench import _harness
 from experiments.bench._harness import device_ms, header, parse_scan_shape, table, time_ms
 from pallas_kernels.linear_scan import linear_scan, linear_scan_planes
 from pallas_kernels.selective_scan import selective_scan as selective_scan_kernel
@@ -612,7 +613,13 @@ def main(argv=None):
         help="comma-separated; 'jla' adds the jax-linear-attention 0.1.0 Mamba-1 anchor; "
         "'pallas:opt+opt=value' the kernel with options (e.g. pallas:bc_block+pack_bc)",
     )
+    parser.add_argument(
+        "--kernel-times",
+        action="store_true",
+        help="also print each kernel's device time wherever device time is measured",
+    )
     args = parser.parse_args(argv)
+    _harness.KERNEL_TIMES = args.kernel_times
     print(header("python -m experiments.bench.kernels " + " ".join(argv or sys.argv[1:])))
     start = time.perf_counter()
     if args.check:

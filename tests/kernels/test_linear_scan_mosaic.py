@@ -228,12 +228,13 @@ def test_lowers_to_mosaic_gpu(hopper, dtype, shape, form, reverse):
     Catches what the Mosaic GPU lowering rejects (layouts of loaded vectors, TMA shapes,
     shared-memory sizes, ...), which interpret mode does not run.
     """
-    _assert_one_and_two_kernels(dtype, shape, form, reverse=reverse)
+    _assert_mosaic_kernels(dtype, shape, form, reverse=reverse)
 
 
-def _assert_one_and_two_kernels(dtype, shape, form, **options):
-    """``linear_scan(..., layout="mosaic", **options)`` lowers for CUDA to one Mosaic GPU
-    kernel, its gradient w.r.t. ``a``, ``b``, ``h0`` to two, and neither to a Triton one."""
+def _assert_mosaic_kernels(dtype, shape, form, n_fwd=1, n_grad=2, **options):
+    """``linear_scan(..., layout="mosaic", **options)`` lowers for CUDA to ``n_fwd`` Mosaic GPU
+    kernels, its gradient w.r.t. ``a``, ``b``, ``h0`` to ``n_grad``, and neither to a Triton
+    one."""
     args = shapes(jnp.dtype(dtype), *shape, form)
 
     def f(a, b, h0):
@@ -244,9 +245,9 @@ def _assert_one_and_two_kernels(dtype, shape, form, **options):
         return jax.grad(loss, argnums=(0, 1, 2))(a, b, h0)
 
     text = lowered(f, *args)
-    assert text.count(MOSAIC) == 1 and TRITON not in text
+    assert text.count(MOSAIC) == n_fwd and TRITON not in text
     text = lowered(grad, *args)
-    assert text.count(MOSAIC) == 2 and TRITON not in text
+    assert text.count(MOSAIC) == n_grad and TRITON not in text
 
 
 @pytest.mark.parametrize(
@@ -258,9 +259,10 @@ def _assert_one_and_two_kernels(dtype, shape, form, **options):
     ],
 )
 def test_chunked_lowers_to_mosaic_gpu(hopper, dtype, shape, form, reverse, chunks):
-    """The L-parallel Mosaic scan: still one Mosaic GPU kernel forward and two for the
-    gradient (the chunk states are XLA), no Triton kernel."""
-    _assert_one_and_two_kernels(dtype, shape, form, reverse=reverse, chunks=chunks)
+    """The L-parallel Mosaic scan: two Mosaic GPU kernels forward (the chunks' end states,
+    the scan) and four for the gradient (those, the adjoint's end states and the backward),
+    no Triton kernel."""
+    _assert_mosaic_kernels(dtype, shape, form, n_fwd=2, n_grad=4, reverse=reverse, chunks=chunks)
 
 
 # ----------------------------------------------------------------------------------------
