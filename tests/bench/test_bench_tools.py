@@ -259,14 +259,15 @@ def test_kernels_scan_shapes():
 
 
 def test_device_time_needs_a_gpu():
-    """``device_ms`` (CUPTI) answers ``None`` off the GPU rather than a made-up time; the
-    per-call clock still runs."""
+    """``device_ms`` (CUPTI) answers ``None`` and ``kernel_times`` no kernel off the GPU
+    rather than made-up times; the per-call clock still runs."""
     import jax.numpy as jnp
 
-    from experiments.bench._harness import device_ms, time_ms
+    from experiments.bench._harness import device_ms, kernel_times, time_ms
 
     x = jnp.linspace(0.0, 1.0, 64)
     assert device_ms(jnp.sin, x) is None
+    assert kernel_times(jnp.sin, x) == []
     assert time_ms(jnp.sin, x, repeats=3) > 0.0
 
 
