@@ -363,25 +363,25 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 # ----------------------------------------------------------------------------------------
 
 
-MOSAIC_MIN_PROGRAMS = 64  # the fewest Mosaic programs x planes measured faster than Triton
+MOSAIC_MIN_PROGRAMS = 32  # the fewest Mosaic programs measured faster than Triton
 
 
-def auto_layout(batch: int, d: int, interpret: bool, options: dict, planes: int = 1) -> str:
+def auto_layout(batch: int, d: int, interpret: bool, options: dict) -> str:
     """The kernel family of ``layout=None``: ``"mosaic"`` or ``"channel"`` (Triton).
 
     Mosaic on a compute capability 9.0 GPU when no Triton launch option is given (``options``:
     ``block_d``, ``unroll``, ``num_warps``, ``chunks`` as passed, ``num_stages`` other than
     1), the flattened state size is a multiple of 128 and the single-pass grid of programs of
-    128 channels, times the ``planes`` each streams (1 real, 2 complex), is at least
-    ``MOSAIC_MIN_PROGRAMS``: on the H100 it beat the Triton kernels at 64 and 128 real
-    programs and at 32 complex ones (forward+backward 0.264 vs 0.405 ms device time at
-    (8, 4096, 512) complex, BENCHMARKS.md tenth session); with fewer, the Triton two-pass
-    scan spreads the sequence over more programs. Otherwise (interpret mode included)
-    Triton.
+    128 channels (real or complex) is at least ``MOSAIC_MIN_PROGRAMS``: on the H100 it beat
+    the Triton kernels at 32, 64 and 128 real programs and at 32 complex ones (forward +
+    backward device time: fp32 (2, 16384, 2048) 0.811 vs 1.393 ms, complex (8, 4096, 512)
+    0.264 vs 0.405 ms; BENCHMARKS.md, tenth and eleventh sessions); at 16 complex programs
+    they were even, and with fewer the Triton two-pass scan spreads the sequence over more
+    programs. Otherwise (interpret mode included) Triton.
     """
     if interpret or any(v is not None for v in options.values()):
         return "channel"
-    if batch * (d // MOSAIC_BLOCK_D) * planes < MOSAIC_MIN_PROGRAMS:
+    if batch * (d // MOSAIC_BLOCK_D) < MOSAIC_MIN_PROGRAMS:
         return "channel"
     return "mosaic" if mosaic_supported(d, 8, 1, interpret) is None else "channel"
 
@@ -487,7 +487,7 @@ def _run_planes(
     if layout is None:
         options = dict(block_d=block_d, unroll=unroll, num_warps=num_warps, chunks=chunks)
         options["num_stages"] = None if num_stages == 1 else num_stages
-        layout = auto_layout(batch, d, interpret, options, planes=n)
+        layout = auto_layout(batch, d, interpret, options)
     if layout not in ("channel", "mosaic"):
         raise NotImplementedError(f"linear_scan: layout={layout!r}")
     mosaic = layout == "mosaic"

@@ -285,8 +285,9 @@ def test_default_is_triton_in_interpret_mode(rng):
 
 
 AUTO_MOSAIC = {
-    # dtype, (batch, l, d), a form: 64 or more programs of 128 channels
+    # dtype, (batch, l, d), a form: 32 or more programs of 128 channels
     "fp32-full": ("float32", (8, 4096, 2048), "full"),
+    "fp32-32-programs": ("float32", (2, 4096, 2048), "full"),
     "c64-full-64-programs": ("complex64", (8, 1001, 1024), "full"),
     "c64-shared": ("complex64", (8, 4096, 1024), "shared"),
     "bf16-perseq": ("bfloat16", (4, 300, 2048), "per_seq"),
@@ -318,7 +319,8 @@ def test_auto_planes_are_mosaic_on_hopper(hopper):
 
 AUTO_TRITON = {
     # dtype, (batch, l, d), a form, options
-    "32-programs": ("float32", (2, 4096, 2048), "full", {}),
+    "16-programs": ("float32", (1, 4096, 2048), "full", {}),
+    "c64-16-programs": ("complex64", (8, 4096, 256), "shared", {}),
     "d-not-128": ("float32", (64, 512, 200), "full", {}),
     "s5-192": ("complex64", (32, 1024, 192), "shared", {}),
     "block_d": ("float32", (8, 4096, 2048), "full", {"block_d": 64}),
@@ -354,15 +356,15 @@ def test_auto_layout_rule(monkeypatch):
     monkeypatch.setattr(lm, "on_hopper", lambda: True)
     assert ls.auto_layout(8, 1024, False, {}) == "mosaic"  # 64 programs
     assert ls.auto_layout(1, 8192, False, {"block_d": None}) == "mosaic"
-    assert ls.auto_layout(7, 1024, False, {}) == "channel"  # 56 programs
     assert ls.auto_layout(8, 1000, False, {}) == "channel"
     assert ls.auto_layout(8, 1024, True, {}) == "channel"
     assert ls.auto_layout(8, 1024, False, {"chunks": 1}) == "channel"
-    # Complex planes count twice: 32 programs of 128 complex channels run Mosaic (faster
-    # than the Triton two-pass scan on the H100), 16 do not.
-    assert ls.auto_layout(8, 512, False, {}, planes=2) == "mosaic"
-    assert ls.auto_layout(8, 512, False, {}, planes=1) == "channel"
-    assert ls.auto_layout(8, 256, False, {}, planes=2) == "channel"
+    # 32 programs of 128 channels, real or complex, run Mosaic (faster than the Triton
+    # two-pass scan on the H100), 16 or 31 do not.
+    assert ls.auto_layout(2, 2048, False, {}) == "mosaic"
+    assert ls.auto_layout(8, 512, False, {}) == "mosaic"
+    assert ls.auto_layout(31, 128, False, {}) == "channel"
+    assert ls.auto_layout(8, 256, False, {}) == "channel"
 
 
 # ----------------------------------------------------------------------------------------
