@@ -49,9 +49,10 @@ Design (one kernel forward, one fused kernel backward):
   of device time (86% of DRAM peak by ``ncu``, as torch's and XLA's streaming kernels
   reach 90%); forward+backward faster than Triton at every benchmark shape (BENCHMARKS.md).
   With ``chunks > 1`` and a time-invariant ``a``, the L-parallel Mosaic scan
-  (:mod:`pallas_kernels._linear_scan_mosaic_chunked`): chunk start states in closed form in
-  XLA, the same kernels on ``(batch * chunks, l / chunks, d)``; opt-in, for grids too small
-  to fill the GPU (built and tested in the tenth session, not yet timed on a GPU).
+  (:mod:`pallas_kernels._linear_scan_mosaic_chunked`): every chunk's zero-start end state by
+  the forward kernel storing only its final state, the chunk start states by a short scan
+  over the chunks in XLA, the same kernels on ``(batch * chunks, l / chunks, d)``; opt-in,
+  for grids too small to fill the GPU (BENCHMARKS.md, eleventh session, has its timings).
 
 The reference this is tested against is ``ssmjax.ops.linear_recurrence(...,
 implementation="sequential")``.
@@ -74,6 +75,7 @@ from pallas_kernels._linear_scan_kernels import (
     _mul_conj,
 )
 from pallas_kernels._linear_scan_mosaic import BLOCK_D as MOSAIC_BLOCK_D
+from pallas_kernels._linear_scan_mosaic import TILE as MOSAIC_TILE
 from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_fwd_mosaic
 from pallas_kernels._linear_scan_mosaic import supported as mosaic_supported
 from pallas_kernels._linear_scan_mosaic_chunked import run_bwd_chunked, run_fwd_chunked
@@ -386,6 +388,40 @@ def auto_layout(batch: int, d: int, interpret: bool, options: dict) -> str:
     return "mosaic" if mosaic_supported(d, 8, 1, interpret) is None else "channel"
 
 
+MOSAIC_CHUNKED_PROGRAMS = 128  # programs the L-parallel Mosaic scan aims for
+MOSAIC_MIN_CHUNK = 256  # the shortest chunk it cuts (steps)
+
+
+def auto_mosaic_chunks(batch: int, d: int, length: int, interpret: bool, options: dict) -> int:
+    """Time chunks of the L-parallel Mosaic scan for a complex time-invariant scan that
+    ``auto_layout`` leaves to Triton; 1: none (stay with Triton).
+
+    On a compute capability 9.0 GPU, with no Triton launch option, ``d`` a multiple of 128
+    and a single-pass grid below ``MOSAIC_MIN_PROGRAMS``: the smallest power of two ``C``
+    that brings the grid to ``MOSAIC_CHUNKED_PROGRAMS`` programs, with chunks of whole
+    32-step tiles and at least ``MOSAIC_MIN_CHUNK`` steps; used when it reaches at least 64
+    programs. On the H100 (BENCHMARKS.md, eleventh session; device time, planes) it beat the
+    Triton two-pass scan: forward+backward 0.177 vs 0.211 ms at (8, 4096, 256) (``C = 8``),
+    0.183 vs 0.213 ms at (1, 16384, 512) (``C = 32``); forward even. Measured on complex
+    scans only, so real ones stay with Triton.
+    """
+    if interpret or any(v is not None for v in options.values()):
+        return 1
+    programs = batch * (d // MOSAIC_BLOCK_D)
+    if programs == 0 or programs >= MOSAIC_MIN_PROGRAMS:
+        return 1
+    chunks = 1
+    while programs * chunks < MOSAIC_CHUNKED_PROGRAMS:
+        nxt = chunks * 2
+        if length % (nxt * MOSAIC_TILE) or length // nxt < MOSAIC_MIN_CHUNK:
+            break
+        chunks = nxt
+    if programs * chunks < 64:
+        return 1
+    why = mosaic_supported(d, 8, chunks, interpret, lti=True, length=length)
+    return chunks if why is None else 1
+
+
 def default_chunks(batch: int, blocks: int, length: int) -> int:
     """Time chunks of the two-pass scan for a ``(batch, blocks)`` single-pass grid.
 
@@ -488,6 +524,10 @@ def _run_planes(
         options = dict(block_d=block_d, unroll=unroll, num_warps=num_warps, chunks=chunks)
         options["num_stages"] = None if num_stages == 1 else num_stages
         layout = auto_layout(batch, d, interpret, options)
+        if layout == "channel" and time_invariant and n == 2:
+            c = auto_mosaic_chunks(batch, d, length, interpret, options)
+            if c > 1:
+                layout, chunks = "mosaic", c
     if layout not in ("channel", "mosaic"):
         raise NotImplementedError(f"linear_scan: layout={layout!r}")
     mosaic = layout == "mosaic"
@@ -585,7 +625,9 @@ def linear_scan(
         the single-pass kernel. Default: :func:`default_chunks`.
       layout: ``None`` (default): :func:`auto_layout` (``"mosaic"`` on an H100/H200 when
         none of the launch options above is given, the flattened state size is a multiple
-        of 128 and ``batch * d / 128 >= 64`` (``>= 32`` complex); else ``"channel"``).
+        of 128 and ``batch * d / 128 >= 32``; below that, for a complex time-invariant
+        ``a``, the L-parallel Mosaic scan where :func:`auto_mosaic_chunks` finds chunks;
+        else ``"channel"``).
         ``"channel"``: the Pallas-Triton kernels above. ``"mosaic"``: Pallas Mosaic GPU
         kernels, one channel per thread of a 128-thread warpgroup, the sequences staged by
         TMA into shared memory 32-step tiles ahead

@@ -320,7 +320,7 @@ def test_auto_planes_are_mosaic_on_hopper(hopper):
 AUTO_TRITON = {
     # dtype, (batch, l, d), a form, options
     "16-programs": ("float32", (1, 4096, 2048), "full", {}),
-    "c64-16-programs": ("complex64", (8, 4096, 256), "shared", {}),
+    "c64-tv-16-programs": ("complex64", (8, 4096, 256), "full", {}),
     "d-not-128": ("float32", (64, 512, 200), "full", {}),
     "s5-192": ("complex64", (32, 1024, 192), "shared", {}),
     "block_d": ("float32", (8, 4096, 2048), "full", {"block_d": 64}),
@@ -339,6 +339,49 @@ def test_auto_falls_back_to_triton(hopper, dtype, shape, form, opts):
     Triton launch option."""
     args = shapes(jnp.dtype(dtype), *shape, form)
     text = lowered(lambda a, b, h0: linear_scan(a, b, h0, **opts), *args)
+    assert MOSAIC not in text and TRITON in text
+
+
+def test_auto_mosaic_chunks_rule(monkeypatch):
+    """Below 32 programs, a complex time-invariant scan gets the L-parallel Mosaic scan with
+    chunks of whole tiles, >= 256 steps, towards 128 programs; none where that cannot reach
+    64 programs, in interpret mode, with Triton options, or for other state sizes."""
+    monkeypatch.setattr(lm, "on_hopper", lambda: True)
+    rule = ls.auto_mosaic_chunks
+    assert rule(8, 256, 4096, False, {}) == 8  # 16 programs
+    assert rule(1, 512, 16384, False, {}) == 32  # 4 programs
+    assert rule(2, 256, 16384, False, {}) == 32
+    assert rule(8, 256, 1024, False, {}) == 4  # chunks of >= 256 steps
+    assert rule(8, 256, 512, False, {}) == 1  # 2 chunks: 32 programs
+    assert rule(8, 256, 4000, False, {}) == 1  # 4000 / 2 steps: not whole tiles
+    assert rule(8, 512, 4096, False, {}) == 1  # 32 programs: the single pass
+    assert rule(8, 200, 4096, False, {}) == 1
+    assert rule(8, 256, 4096, True, {}) == 1
+    assert rule(8, 256, 4096, False, {"chunks": 4}) == 1
+    monkeypatch.setattr(lm, "on_hopper", lambda: False)
+    assert rule(8, 256, 4096, False, {}) == 1
+
+
+def test_auto_small_complex_grid_is_chunked_mosaic(hopper):
+    """``linear_scan_planes`` with a time-invariant ``a`` on 16 programs: the L-parallel
+    Mosaic scan (two Mosaic kernels forward, four for the gradient), no Triton; a
+    time-varying ``a`` or a real scan there stays with Triton."""
+    sds = jax.ShapeDtypeStruct
+    b = (sds((8, 4096, 256), jnp.float32),) * 2
+    f = lambda a, b: linear_scan_planes(a, b)
+
+    def grad(a, b):
+        loss = lambda a, b: sum(jnp.sum(h**2) for h in f(a, b))
+        return jax.grad(loss, argnums=(0, 1))(a, b)
+
+    a = (sds((256,), jnp.float32),) * 2
+    text = lowered(f, a, b)
+    assert text.count(MOSAIC) == 2 and TRITON not in text
+    text = lowered(grad, a, b)
+    assert text.count(MOSAIC) == 4 and TRITON not in text
+    text = lowered(f, b, b)  # time-varying a
+    assert MOSAIC not in text and TRITON in text
+    text = lowered(lambda a, b: linear_scan(a, b), a[0], b[0])  # real
     assert MOSAIC not in text and TRITON in text
 
 
