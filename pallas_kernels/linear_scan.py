@@ -51,8 +51,9 @@ Design (one kernel forward, one fused kernel backward):
   With ``chunks > 1`` and a time-invariant ``a``, the L-parallel Mosaic scan
   (:mod:`pallas_kernels._linear_scan_mosaic_chunked`): every chunk's zero-start end state by
   the forward kernel storing only its final state, the chunk start states by a short scan
-  over the chunks in XLA, the same kernels on ``(batch * chunks, l / chunks, d)``; opt-in,
-  for grids too small to fill the GPU (BENCHMARKS.md, eleventh session, has its timings).
+  over the chunks in XLA, the same kernels on ``(batch * chunks, l / chunks, d)``; for grids
+  too small to fill the GPU: the default for complex scans below 32 programs
+  (:func:`auto_mosaic_chunks`), opt-in for real ones (BENCHMARKS.md, eleventh session).
 
 The reference this is tested against is ``ssmjax.ops.linear_recurrence(...,
 implementation="sequential")``.
@@ -389,6 +390,7 @@ def auto_layout(batch: int, d: int, interpret: bool, options: dict) -> str:
 
 
 MOSAIC_CHUNKED_PROGRAMS = 128  # programs the L-parallel Mosaic scan aims for
+MOSAIC_CHUNKED_MIN_PROGRAMS = 64  # programs it must reach to be used
 MOSAIC_MIN_CHUNK = 256  # the shortest chunk it cuts (steps)
 
 
@@ -399,11 +401,11 @@ def auto_mosaic_chunks(batch: int, d: int, length: int, interpret: bool, options
     On a compute capability 9.0 GPU, with no Triton launch option, ``d`` a multiple of 128
     and a single-pass grid below ``MOSAIC_MIN_PROGRAMS``: the smallest power of two ``C``
     that brings the grid to ``MOSAIC_CHUNKED_PROGRAMS`` programs, with chunks of whole
-    32-step tiles and at least ``MOSAIC_MIN_CHUNK`` steps; used when it reaches at least 64
-    programs. On the H100 (BENCHMARKS.md, eleventh session; device time, planes) it beat the
-    Triton two-pass scan: forward+backward 0.177 vs 0.211 ms at (8, 4096, 256) (``C = 8``),
-    0.183 vs 0.213 ms at (1, 16384, 512) (``C = 32``); forward even. Measured on complex
-    scans only, so real ones stay with Triton.
+    32-step tiles and at least ``MOSAIC_MIN_CHUNK`` steps; used when it reaches
+    ``MOSAIC_CHUNKED_MIN_PROGRAMS``. On the H100 (BENCHMARKS.md, eleventh session; device
+    time, planes) it beat the Triton two-pass scan: forward+backward 0.177 vs 0.211 ms at
+    (8, 4096, 256) (``C = 8``), 0.183 vs 0.213 ms at (1, 16384, 512) (``C = 32``); forward
+    even. Measured on complex scans only, so real ones stay with Triton.
     """
     if interpret or any(v is not None for v in options.values()):
         return 1
@@ -416,7 +418,7 @@ def auto_mosaic_chunks(batch: int, d: int, length: int, interpret: bool, options
         if length % (nxt * MOSAIC_TILE) or length // nxt < MOSAIC_MIN_CHUNK:
             break
         chunks = nxt
-    if programs * chunks < 64:
+    if programs * chunks < MOSAIC_CHUNKED_MIN_PROGRAMS:
         return 1
     why = mosaic_supported(d, 8, chunks, interpret, lti=True, length=length)
     return chunks if why is None else 1
