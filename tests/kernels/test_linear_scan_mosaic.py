@@ -12,11 +12,14 @@
   ``linear_scan_planes`` against ``linear_scan`` on the complex array.
 * The L-parallel Mosaic scan (``chunks > 1``, time-invariant ``a``) likewise: real, complex
   and bf16, shared and per-sequence ``a``, forward and ``reverse``, 2-4 chunks of whole
-  tiles, a padded state; it lowers for CUDA to the same one / two Mosaic kernels.
+  tiles, a padded state; its end-state kernel (``final_only``) against the sequential
+  scan's last state; it lowers for CUDA to two Mosaic kernels forward (end states, scan) and
+  four for a gradient.
 * Lowering for CUDA on this CPU (``check_backend`` and ``on_hopper`` patched): the real
   Mosaic GPU lowering (register layouts, TMA, barriers), which interpret mode does not run:
   one Mosaic GPU kernel forward, two for a gradient (forward and backward), no Triton one.
-* The default layout is still the Triton kernel (interpret mode and lowered on "Hopper").
+* The automatic choice: Triton in interpret mode; on "Hopper" Mosaic from 32 programs, the
+  L-parallel Mosaic scan for complex time-invariant scans on fewer, else Triton.
 * ``layout="mosaic"`` outside its limits (state size, ``chunks`` with a time-varying ``a`` or
   partial tiles, ``unroll``, the device)
   and an unknown layout raise ``NotImplementedError`` before any work.
@@ -24,6 +27,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from test_linear_scan import check_against_sequential, lti_a_shape, make_inputs, make_lti_a
 
@@ -121,6 +125,33 @@ def test_chunked_matches_sequential(rng, dtype, length, reverse, form, state, ch
         )
 
     check_against_sequential(kernel, a, b, h0, ct, dtype, reverse, n_a=_n_a(form, length))
+
+
+@pytest.mark.parametrize(("planes", "reverse"), [(1, False), (2, True)])
+def test_end_state_kernel_is_the_last_state(rng, planes, reverse):
+    """The forward kernel with ``final_only`` (the chunk end states of the L-parallel scan)
+    stores the sequential scan's state after its last step, fp32; lengths of partial tiles
+    are refused (their padding would be scanned last)."""
+    length, d = 64, 128
+    shape = (BATCH, length, d)
+    if planes == 1:
+        ap = (jnp.asarray(rng.uniform(-0.95, 0.95, (1, d)), jnp.float32),)
+    else:  # |a| < 1 at any phase
+        r, phi = rng.uniform(0.5, 0.95, (1, d)), rng.uniform(-3.1, 3.1, (1, d))
+        ap = (jnp.asarray(r * np.cos(phi), jnp.float32), jnp.asarray(r * np.sin(phi), jnp.float32))
+    bp = tuple(jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(planes))
+    h0p = tuple(jnp.asarray(rng.normal(size=(BATCH, d)), jnp.float32) for _ in range(planes))
+    cfg = ls._Config(128, 8, 4, 1, reverse, True, 1, "mosaic")
+    ends = lm.run_fwd_mosaic(cfg, ap, bp, h0p, final_only=True)
+    unplanes = lambda xs: xs[0] if planes == 1 else jax.lax.complex(*xs)
+    h = linear_recurrence(
+        unplanes(ap)[0], unplanes(bp), unplanes(h0p), reverse=reverse, implementation="sequential"
+    )
+    assert all(e.shape == (BATCH, d) and e.dtype == jnp.float32 for e in ends)
+    assert_allclose(unplanes(ends), h[:, 0 if reverse else -1], n=length)
+    with pytest.raises(ValueError, match="whole 32-step tiles"):
+        short = tuple(x[:, :37] for x in bp)
+        lm.run_fwd_mosaic(cfg, ap, short, h0p, final_only=True)
 
 
 @pytest.mark.parametrize(
