@@ -21,32 +21,19 @@ cheap:
   state ``S_c`` is a row of the forward's ``h`` (the last row of the chunk before it, or
   ``h0``), so nothing extra is saved. ``da`` sums over the chunks.
 
-(The session-10 version summed ``E_c`` and ``F_c`` in XLA with weights ``a^k``: a column
-reduction over ``T`` steps with only ``batch * C * d`` outputs, slow for long chunks.)
-``a^T`` comes from repeated squaring (``log2 T`` products, as accurate as the scan's own).
+``a^T`` is ``lax.integer_pow`` (repeated squaring, as in the Triton two-pass scan).
 Planes: 1 (real) or 2 (real, imaginary) fp32 arrays, as everywhere in ``linear_scan``.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
 from pallas_kernels._chunk_states import _planes, _unplanes, chunk_starts
 from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_fwd_mosaic
 
 _F32 = jnp.float32
-
-
-def _power(a, n: int):
-    """``a^n`` (``n >= 1`` static) by repeated squaring."""
-    out, sq = None, a
-    while n:
-        if n & 1:
-            out = sq if out is None else out * sq
-        n >>= 1
-        if n:
-            sq = sq * sq
-    return out
 
 
 def _ends(cfg, ap, xp, batch: int, chunks: int, reverse: bool):
@@ -80,7 +67,7 @@ def run_fwd_chunked(cfg, ap, bp, h0p):
     chunks = cfg.chunks
     steps = length // chunks
     ends = _ends(cfg, ap, bp, batch, chunks, cfg.reverse)
-    a_t = _power(_unplanes(ap).astype(ends.dtype), steps)  # (Ba, d)
+    a_t = lax.integer_pow(_unplanes(ap).astype(ends.dtype), steps)  # (Ba, d)
     starts = chunk_starts(a_t[:, None], ends, _unplanes(h0p), cfg.reverse)
     single = cfg._replace(chunks=1)
     s0 = _view(_planes(starts), (batch * chunks, d))
@@ -95,11 +82,10 @@ def run_bwd_chunked(cfg, ap, hp, dhp, h0p, b_dtype):
     chunks = cfg.chunks
     steps = length // chunks
     # The adjoint g_t = dh_t + conj(a) g_{t+1} scans against the forward, with conj(a).
-    a_cp = _planes(jnp.conj(_unplanes(ap)))
-    ends = _ends(cfg, a_cp, dhp, batch, chunks, not cfg.reverse)
-    a_c = _unplanes(a_cp).astype(ends.dtype)
+    a_c = jnp.conj(_unplanes(tuple(x.astype(_F32) for x in ap)))  # fp32 / complex64
+    ends = _ends(cfg, _planes(a_c), dhp, batch, chunks, not cfg.reverse)
     # g at each chunk's last adjoint step, entering from the chunk after it (0 for the last).
-    a_t = _power(a_c, steps)
+    a_t = lax.integer_pow(a_c, steps)
     g_in = chunk_starts(a_t[:, None], ends, jnp.zeros_like(ends[:, 0]), not cfg.reverse)
     c0 = _view(_planes(a_c[:, None] * g_in), (batch * chunks, d))
     # Every chunk's start state: a row of h next to it, or h0 for the first chunk.
