@@ -1,7 +1,6 @@
-"""What the L-parallel linear scans share (the Triton two-pass scan of
-:mod:`pallas_kernels.linear_scan`, the Mosaic one of
-:mod:`pallas_kernels._linear_scan_mosaic_chunked`): real/complex planes, and every chunk's
-true start state from the chunks' decay products and zero-start end states."""
+"""Real/complex planes, and every chunk's true start state from the chunks' decay products
+and zero-start end states, for the Triton two-pass scan of :mod:`pallas_kernels.linear_scan`
+(the Mosaic L-parallel scan carries its chunks' start states inside its kernels)."""
 
 import jax
 import jax.numpy as jnp

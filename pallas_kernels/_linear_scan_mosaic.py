@@ -61,6 +61,56 @@ def _add(x, y):
     return [u + v for u, v in zip(x, y, strict=True)]
 
 
+def _mix(f, x, y):
+    """``x`` where the float flag ``f`` is 1, ``y`` where it is 0 (both finite), exactly:
+    arithmetic, not a select."""
+    return [f * u + (1.0 - f) * v for u, v in zip(x, y, strict=True)]
+
+
+def _pow(a, n: int, conj=False):
+    """``a**n`` (or ``conj(a)**n``) of a plane list by repeated squaring, ``n >= 1``
+    static."""
+    if conj and len(a) == 2:
+        a = [a[0], -a[1]]
+    out, sq = None, a
+    while True:
+        if n & 1:
+            out = sq if out is None else _mul(out, sq)
+        n >>= 1
+        if not n:
+            return out
+        sq = _mul(sq, sq)
+
+
+GROUP = 8  # chunk end states loaded together (unrolled) by the chunk-carry loop
+
+
+def _chunk_carry(ops, e_refs, rows, n_before, first, step, a_t, s, n_chunks, cols):
+    """Horner over a chunk's predecessors: ``s <- a_t s + E_j`` for the ``n_before`` chunks
+    before it in scan order, earliest first (row ``first + i * step`` of ``e_refs`` for the
+    ``i``-th); ``rows`` is this chunk's own row (a valid one to load where ``i`` is past
+    ``n_before``). ``GROUP`` predecessors a loop trip, their rows loaded together."""
+
+    def one(i, s):
+        active = i < n_before
+        own = rows + active.astype(jnp.int32) * (first + i * step - rows)
+        e = [ops.vec(r.at[own, cols]) for r in e_refs]
+        return _mix(active.astype(_F32), _add(_mul(a_t, s), e), s)
+
+    def group(g, s):
+        s = list(s)
+        for u in range(GROUP):
+            s = one(g * GROUP + u, s)
+        return tuple(s)
+
+    n = n_chunks - 1  # the most predecessors a chunk has
+    if n <= GROUP:
+        for i in range(n):
+            s = one(i, s)
+        return list(s)
+    return list(lax.fori_loop(0, -(-n // GROUP), group, tuple(s)))
+
+
 def _stages(tile: int, staged) -> int:
     """Tiles in flight (at most ``MAX_STAGES``) that fit in shared memory (``staged``: the
     dtypes of one slot's buffers)."""
@@ -90,27 +140,45 @@ def supported(
     return None
 
 
-def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, final_only=False):
+def _chunk_of(ops, chunks: int):
+    """``(channel block, row, sequence, chunk)`` of this program: ``row`` indexes the
+    ``(batch * chunks, l / chunks, d)`` view, ``row = sequence * chunks + chunk``."""
+    di, r = ops.program_ids()
+    if chunks == 1:
+        return di, r, r, 0
+    return di, r, lax.div(r, chunks), lax.rem(r, chunks)
+
+
+def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, chunks=1):
+    """``h`` of every program's rows; ``chunks > 1`` (the L-parallel scan, time-invariant
+    ``a``): the rows are chunks of ``n_tiles`` tiles, and each chunk's start state is the
+    sequence's ``h0`` carried through its predecessors' zero-start end states (the extra
+    input ``E``, :func:`_ends_kernel`), ``s <- a^T s + E_j``."""
     na = p
-    a_refs, b_refs, h0_refs, h_refs = (
-        refs[:na],
-        refs[na : na + p],
-        refs[na + p : na + 2 * p],
-        refs[na + 2 * p : na + 3 * p],
-    )
-    rest = refs[na + 3 * p :]
+    a_refs, b_refs, h0_refs = refs[:na], refs[na : na + p], refs[na + p : na + 2 * p]
+    n_e = p if chunks > 1 else 0
+    e_refs = refs[na + 2 * p : na + 2 * p + n_e]
+    h_refs = refs[na + 2 * p + n_e : na + 3 * p + n_e]
+    rest = refs[na + 3 * p + n_e :]
     n_slots = p if lti else 2 * p
     slots, bars = rest[:n_slots], (None if ops.interpret else rest[n_slots])
-    di, b = ops.program_ids()
+    di, b, seq, c = _chunk_of(ops, chunks)
     cols = pl.ds(di * BLOCK_D, BLOCK_D)
     seqs = tuple(b_refs) if lti else (*a_refs, *b_refs)
     order = (lambda k: n_tiles - 1 - k) if reverse else (lambda k: k)
     sources = [lambda rows, ref=ref: ref.at[b, rows, cols] for ref in seqs]
     tiles = TileRing(ops, sources, slots, bars, TILE, n_tiles, order)
     tiles.prologue()
-    a_row = (0 if a_refs[0].shape[0] == 1 else b) if lti else None  # Ba in {1, batch}
+    a_row = (0 if a_refs[0].shape[0] == 1 else seq) if lti else None  # Ba in {1, batch}
     a_lti = [ops.vec(r.at[a_row, cols]).astype(_F32) for r in a_refs] if lti else None
-    h = [ops.vec(r.at[b, cols]) for r in h0_refs]
+    h = [ops.vec(r.at[seq, cols]).astype(_F32) for r in h0_refs]
+    if chunks > 1:  # (while the first tiles arrive)
+        a_t = _pow(a_lti, n_tiles * TILE)
+        n_before = chunks - 1 - c if reverse else c
+        first = seq * chunks + (chunks - 1 if reverse else 0)
+        h = _chunk_carry(
+            ops, e_refs, b, n_before, first, -1 if reverse else 1, a_t, h, chunks, cols
+        )
     a_slots, b_slots = ((), slots) if lti else (slots[:p], slots[p:])
 
     def tile_body(tile, slot, h):
@@ -122,26 +190,68 @@ def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, final_only=False):
                 a = a_lti or [ops.vec(s.at[slot, t]).astype(_F32) for s in a_slots]
                 x = [ops.vec(s.at[slot, t]).astype(_F32) for s in b_slots]
                 h = _add(_mul(a, h), x)
-                if not final_only:
-                    for r, v in zip(h_refs, h, strict=True):
-                        r[b, tile * TILE + t, cols] = v.astype(r.dtype)
+                for r, v in zip(h_refs, h, strict=True):
+                    r[b, tile * TILE + t, cols] = v.astype(r.dtype)
             return tuple(h)
 
         return lax.fori_loop(0, TILE // unroll, group, h)
 
-    h = tiles.loop(tile_body, tuple(h))
-    if final_only:  # only the state after the last step, (batch, d) fp32
-        for r, v in zip(h_refs, h, strict=True):
-            r[b, cols] = v.astype(r.dtype)
+    tiles.loop(tile_body, tuple(h))
 
 
-def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
-    a_refs, h_refs, dh_refs, h0_refs, c0_refs = (refs[i * p : (i + 1) * p] for i in range(5))
-    g_refs, da_refs, dh0_refs = (refs[(5 + i) * p : (6 + i) * p] for i in range(3))
-    rest = refs[8 * p :]
+def _ends_kernel(*refs, p, scan_reverse, n_tiles, unroll, ops, chunks, conj):
+    """Every row's zero-start end state ``E = sum_k a^(T-1-k) x_k`` (``k`` in scan order,
+    ``T`` steps; ``conj(a)`` with ``conj``) of a time-invariant scan, fp32 ``(rows, d)``.
+
+    The rows are walked against the scan's order, ``E += w x_k``, ``w *= a`` from ``w = 1``,
+    so that the steps read last here are the ones the scan that follows reads first (still
+    in L2)."""
+    a_refs, x_refs, e_refs = refs[:p], refs[p : 2 * p], refs[2 * p : 3 * p]
+    slots, bars = refs[3 * p : 4 * p], (None if ops.interpret else refs[4 * p])
+    di, r, seq, _ = _chunk_of(ops, chunks)
+    cols = pl.ds(di * BLOCK_D, BLOCK_D)
+    walk_back = not scan_reverse  # walk the time axis backwards
+    order = (lambda k: n_tiles - 1 - k) if walk_back else (lambda k: k)
+    sources = [lambda rows, ref=ref: ref.at[r, rows, cols] for ref in x_refs]
+    tiles = TileRing(ops, sources, slots, bars, TILE, n_tiles, order)
+    tiles.prologue()
+    a_row = 0 if a_refs[0].shape[0] == 1 else seq
+    a = [ops.vec(x.at[a_row, cols]).astype(_F32) for x in a_refs]
+    zeros = [v * 0.0 for v in a]  # in the registers' layout
+    ones = [zeros[0] + 1.0, *zeros[1:]]
+
+    def tile_body(tile, slot, carry):
+        def group(i, carry):
+            e, w = list(carry[0]), list(carry[1])
+            for u in range(unroll):
+                j = i * unroll + u
+                t = TILE - 1 - j if walk_back else j
+                x = [ops.vec(s.at[slot, t]).astype(_F32) for s in slots]
+                e = _add(e, _mul(w, x))
+                w = _mul(w, a, conj=conj)
+            return tuple(e), tuple(w)
+
+        return lax.fori_loop(0, TILE // unroll, group, carry)
+
+    e, _ = tiles.loop(tile_body, (tuple(zeros), tuple(ones)))
+    for ref, v in zip(e_refs, e, strict=True):
+        ref[r, cols] = v
+
+
+def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, chunks=1):
+    """``(g, da, dh0)`` of every program's rows; ``chunks > 1`` (the L-parallel scan,
+    time-invariant ``a``): the rows are chunks, each starting from the last state of the
+    chunk before it (a row of ``h``, or ``h0``), and the adjoint enters each chunk with the
+    carry of the chunks after it, from their zero-start adjoint end states (the extra input
+    ``F``); ``da`` and ``dh0`` are then per chunk."""
+    n_in = 5 if chunks > 1 else 4
+    a_refs, h_refs, dh_refs, h0_refs = (refs[i * p : (i + 1) * p] for i in range(4))
+    f_refs = refs[4 * p : 5 * p] if chunks > 1 else ()
+    g_refs, da_refs, dh0_refs = (refs[(n_in + i) * p : (n_in + 1 + i) * p] for i in range(3))
+    rest = refs[(n_in + 3) * p :]
     n_slots = 2 * p if lti else 3 * p
     slots, bars = rest[:n_slots], (None if ops.interpret else rest[n_slots])
-    di, b = ops.program_ids()
+    di, b, seq, c = _chunk_of(ops, chunks)
     cols = pl.ds(di * BLOCK_D, BLOCK_D)
     seqs = (*h_refs, *dh_refs) if lti else (*a_refs, *h_refs, *dh_refs)
     # The adjoint runs against the scan: tiles and rows backwards (forwards when reverse).
@@ -149,9 +259,27 @@ def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
     sources = [lambda rows, ref=ref: ref.at[b, rows, cols] for ref in seqs]
     tiles = TileRing(ops, sources, slots, bars, TILE, n_tiles, order)
     tiles.prologue()
-    a_row = (0 if a_refs[0].shape[0] == 1 else b) if lti else None
+    a_row = (0 if a_refs[0].shape[0] == 1 else seq) if lti else None
     a_lti = [ops.vec(r.at[a_row, cols]).astype(_F32) for r in a_refs] if lti else None
-    h0 = [ops.vec(r.at[b, cols]) for r in h0_refs]
+    h0 = [ops.vec(r.at[seq, cols]).astype(_F32) for r in h0_refs]
+    zeros = [h * 0.0 for h in h0]  # in the registers' layout
+    c0 = zeros  # the adjoint's carry into the scan's last step
+    if chunks > 1:
+        # The chunk's start state: the last state of the chunk before it in scan order, or
+        # h0 for the sequence's first chunk (its own row is loaded then, and dropped).
+        first_f = (c == (chunks - 1 if reverse else 0)).astype(_F32)
+        nb = b + (1 if reverse else -1) * (1 - first_f.astype(jnp.int32))
+        edge_t = 0 if reverse else n_tiles * TILE - 1
+        before = [ops.vec(r.at[nb, edge_t, cols]).astype(_F32) for r in h_refs]
+        h0 = _mix(first_f, h0, before)
+        # The carry from the chunks after it in the adjoint's order (conj(a) throughout).
+        a_t = _pow(a_lti, n_tiles * TILE, conj=True)
+        n_after = c if reverse else chunks - 1 - c
+        last = seq * chunks + (0 if reverse else chunks - 1)
+        g_in = _chunk_carry(
+            ops, f_refs, b, n_after, last, 1 if reverse else -1, a_t, zeros, chunks, cols
+        )
+        c0 = _mul(g_in, a_lti, conj=True)
     a_slots = () if lti else slots[:p]
     h_slots, dh_slots = slots[-2 * p : -p], slots[-p:]
     step = 1 if reverse else -1  # row of the previous state in scan order, within a tile
@@ -207,10 +335,6 @@ def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops):
             c, da_sum = row(t, h_prev, c, da_sum)
         return tuple(c), da_sum
 
-    # The adjoint's carry into the scan's last step: 0 for a whole sequence, the next
-    # chunk's for a chunk of the L-parallel scan (_linear_scan_mosaic_chunked).
-    c0 = [ops.vec(r.at[b, cols]).astype(_F32) for r in c0_refs]
-    zeros = [h * 0.0 for h in h0]  # in the registers' layout
     c, da_sum = tiles.loop(tile_body, (tuple(c0), tuple(zeros) if lti else None))
     if lti:
         for r, v in zip(da_refs, da_sum, strict=True):
@@ -258,16 +382,15 @@ def _call(cfg, body, staged, out_shape, n_in: int, grid, name: str):
     )
 
 
-def run_fwd_mosaic(cfg, ap, bp, h0p, final_only: bool = False):
-    """The ``h`` planes ``(batch, l, d)`` (as ``linear_scan._run_fwd``); with
-    ``final_only``, only the state after the scan's last step, ``(batch, d)`` fp32 planes
-    (nothing but ``b`` is read: the chunk end states of the L-parallel scan). ``final_only``
-    needs whole tiles (padding would be scanned last)."""
-    batch, length, d = bp[0].shape
+def run_fwd_mosaic(cfg, ap, bp, h0p, chunks: int = 1, ends=None):
+    """The ``h`` planes ``(rows, l, d)`` (as ``linear_scan._run_fwd``). With ``chunks > 1``
+    (time-invariant ``a``, whole tiles): ``bp`` is the ``(batch * chunks, l / chunks, d)``
+    view of the sequences, ``h0p`` ``(batch, d)``, and ``ends`` every chunk's zero-start end
+    state (:func:`run_ends_mosaic`), from which each chunk's start state is carried in the
+    kernel."""
+    rows, length, d = bp[0].shape
     p, lti = len(bp), ap[0].ndim == 2
     n_tiles, pad = _tiling(length)
-    if final_only and pad:
-        raise ValueError(f"final_only needs whole {TILE}-step tiles, got {length} steps")
     seq = lambda v: _pad(v, pad, cfg.reverse)
     ap = ap if lti else tuple(seq(v) for v in ap)
     bp = tuple(seq(v) for v in bp)
@@ -279,25 +402,50 @@ def run_fwd_mosaic(cfg, ap, bp, h0p, final_only: bool = False):
         reverse=cfg.reverse,
         n_tiles=n_tiles,
         unroll=cfg.unroll,
-        final_only=final_only,
+        chunks=chunks,
     )
-    grid = (d // BLOCK_D, batch)
-    if final_only:
-        out_shape = [jax.ShapeDtypeStruct((batch, d), _F32)] * p
-        call = _call(cfg, body, staged, out_shape, 3 * p, grid, "linear_scan_ends_mosaic")
-        return tuple(call(*ap, *bp, *h0p))
-    out_shape = [jax.ShapeDtypeStruct((batch, length + pad, d), bp[0].dtype)] * p
-    call = _call(cfg, body, staged, out_shape, 3 * p, grid, "linear_scan_fwd_mosaic")
-    hp = call(*ap, *bp, *h0p)
+    extra = tuple(ends) if chunks > 1 else ()
+    out_shape = [jax.ShapeDtypeStruct((rows, length + pad, d), bp[0].dtype)] * p
+    n_in = 3 * p + len(extra)
+    call = _call(cfg, body, staged, out_shape, n_in, (d // BLOCK_D, rows), "linear_scan_fwd_mosaic")
+    hp = call(*ap, *bp, *h0p, *extra)
     return tuple(_unpad(h, length, pad, cfg.reverse) for h in hp)
 
 
-def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, c0p=None):
-    """``(db, da, dh0)`` planes (as ``linear_scan._run_bwd``); ``c0p``: the adjoint's carry
-    into the scan's last step, ``(batch, d)`` fp32 planes (default 0: a whole sequence)."""
-    batch, length, d = hp[0].shape
-    if c0p is None:
-        c0p = tuple(jnp.zeros((batch, d), _F32) for _ in hp)
+def run_ends_mosaic(cfg, ap, xp, chunks: int, scan_reverse: bool, conj: bool = False):
+    """Every row's zero-start end state, ``(rows, d)`` fp32 planes, of the time-invariant
+    scan (``reverse`` = ``scan_reverse``; with ``conj(a)`` when ``conj``) of ``xp``
+    (``(rows, T, d)`` planes of whole tiles, ``rows = batch * chunks``; ``ap`` ``(Ba, d)``
+    with ``Ba`` in ``{1, batch}``)."""
+    rows, length, d = xp[0].shape
+    n_tiles, pad = _tiling(length)
+    if pad:
+        raise ValueError(f"the end states need whole {TILE}-step tiles, got {length} steps")
+    p = len(xp)
+    body = functools.partial(
+        _ends_kernel,
+        p=p,
+        scan_reverse=scan_reverse,
+        n_tiles=n_tiles,
+        unroll=cfg.unroll,
+        chunks=chunks,
+        conj=conj,
+    )
+    out_shape = [jax.ShapeDtypeStruct((rows, d), _F32)] * p
+    staged = [v.dtype for v in xp]
+    call = _call(
+        cfg, body, staged, out_shape, 2 * p, (d // BLOCK_D, rows), "linear_scan_ends_mosaic"
+    )
+    return tuple(call(*ap, *xp))
+
+
+def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, chunks: int = 1, ends=None):
+    """``(db, da, dh0)`` planes (as ``linear_scan._run_bwd``). With ``chunks > 1``: ``hp`` and
+    ``dhp`` are ``(batch * chunks, l / chunks, d)`` views, ``h0p`` ``(batch, d)``, ``ends``
+    the adjoint's zero-start end state in every chunk (:func:`run_ends_mosaic` of ``dh``
+    with ``conj(a)``, the other way), and ``da`` (time-invariant: summed over each chunk)
+    and ``dh0`` come per chunk, ``(batch * chunks, d)``."""
+    rows, length, d = hp[0].shape
     p, lti = len(hp), ap[0].ndim == 2
     n_tiles, pad = _tiling(length)
     seq = lambda v: _pad(v, pad, cfg.reverse)
@@ -305,18 +453,25 @@ def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, c0p=None):
     hp, dhp = tuple(seq(v) for v in hp), tuple(seq(v) for v in dhp)
     staged = ([] if lti else [v.dtype for v in ap]) + [v.dtype for v in (*hp, *dhp)]
     body = functools.partial(
-        _bwd_kernel, p=p, lti=lti, reverse=cfg.reverse, n_tiles=n_tiles, unroll=cfg.unroll
+        _bwd_kernel,
+        p=p,
+        lti=lti,
+        reverse=cfg.reverse,
+        n_tiles=n_tiles,
+        unroll=cfg.unroll,
+        chunks=chunks,
     )
-    seq_shape = (batch, length + pad, d)
-    da_type = jax.ShapeDtypeStruct((batch, d) if lti else seq_shape, _F32 if lti else ap[0].dtype)
+    seq_shape = (rows, length + pad, d)
+    da_type = jax.ShapeDtypeStruct((rows, d) if lti else seq_shape, _F32 if lti else ap[0].dtype)
     out_shape = (
         [jax.ShapeDtypeStruct(seq_shape, b_dtype)] * p
         + [da_type] * p
-        + [jax.ShapeDtypeStruct((batch, d), h0p[0].dtype)] * p
+        + [jax.ShapeDtypeStruct((rows, d), h0p[0].dtype)] * p
     )
-    grid = (d // BLOCK_D, batch)
-    call = _call(cfg, body, staged, out_shape, 5 * p, grid, "linear_scan_bwd_mosaic")
-    outs = call(*ap, *hp, *dhp, *h0p, *c0p)
+    extra = tuple(ends) if chunks > 1 else ()
+    n_in = 4 * p + len(extra)
+    call = _call(cfg, body, staged, out_shape, n_in, (d // BLOCK_D, rows), "linear_scan_bwd_mosaic")
+    outs = call(*ap, *hp, *dhp, *h0p, *extra)
     unpad = lambda vs: tuple(_unpad(v, length, pad, cfg.reverse) for v in vs)
     g = unpad(outs[:p])
     da = tuple(outs[p : 2 * p]) if lti else unpad(outs[p : 2 * p])

@@ -8,53 +8,28 @@ time axis is cut into ``C`` chunks of ``T = l / C`` steps, and the single-pass k
 times the programs. A chunk needs its true start state, which a time-invariant ``a`` makes
 cheap:
 
-* forward: every chunk's end state from a zero start, ``E_c`` (``sum_k a^(T-1-k) b_{c,k}``),
-  by the same kernel storing only its final state (``final_only``: one read of ``b``, on the
-  ``C``-times grid); then a short scan over the chunks, ``S_{c+1} = a^T S_c + E_c`` from
-  ``S_0 = h0`` (XLA, ``(batch, C, d)``), gives the start states, and the kernel rescans every
-  chunk from its own (a second read of ``b``, one write of ``h``: 1.5x the single pass's
-  traffic);
+* forward: every chunk's end state from a zero start, ``E_c = sum_k a^(T-1-k) b_{c,k}``, by
+  the end-state kernel (``run_ends_mosaic``: one read of ``b`` on the ``C``-times grid,
+  walked against the scan's order so that what it reads last, the chunks' first steps, is
+  still in L2 when the scan reads it first); then the scan kernel, whose every chunk carries
+  its start state from ``h0`` through its predecessors, ``S <- a^T S + E_j`` (a few rows
+  loaded at its start, while its first tiles arrive), and rescans the chunk from it (a second
+  read of ``b``, one write of ``h``: 1.5x the single pass's traffic);
 * backward: the adjoint ``g_t = dh_t + conj(a) g_{t+1}`` likewise, from the other end: its
-  zero-start end state in every chunk, ``F_c`` (``sum_k conj(a)^k dh_{c,k}``), by the end-state
-  kernel scanning ``dh`` the other way with ``conj(a)``, a scan over the chunks, and each
-  chunk's backward kernel starts from the carry of the chunk after it (``c0``); its start
-  state ``S_c`` is a row of the forward's ``h`` (the last row of the chunk before it, or
-  ``h0``), so nothing extra is saved. ``da`` sums over the chunks.
+  zero-start end state in every chunk, ``F_c = sum_k conj(a)^k dh_{c,k}``, by the end-state
+  kernel on ``dh`` with ``conj(a)``, and each chunk's backward kernel carries the adjoint in
+  from the chunks after it; its start state is a row of the forward's ``h`` (the last row of
+  the chunk before it, or ``h0``), loaded by the kernel, so nothing extra is saved. ``da``
+  and ``dh0`` come per chunk (summed, and the first chunk's taken, in XLA).
 
-``a^T`` is ``lax.integer_pow`` (repeated squaring, as in the Triton two-pass scan).
+Two kernels each way and no XLA work between them (the eleventh session's version had eight
+small XLA kernels for the chunk scans, ``a^T`` and the start rows: 8% of its device time).
 Planes: 1 (real) or 2 (real, imaginary) fp32 arrays, as everywhere in ``linear_scan``.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-from jax import lax
-
-from pallas_kernels._chunk_states import _planes, _unplanes, chunk_starts
-from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_fwd_mosaic
-
-_F32 = jnp.float32
-
-
-def _ends(cfg, ap, xp, batch: int, chunks: int, reverse: bool):
-    """Every chunk's zero-start end state ``(batch, C, d)`` (real, or complex from two
-    planes) of the scan of ``xp`` (planes ``(batch, l, d)``) with the time-invariant ``ap``,
-    in ``reverse`` order or not: the end-state kernel on ``(batch * C, T, d)``."""
-    d = xp[0].shape[-1]
-    rows = batch * chunks
-    zeros = tuple(jnp.zeros((rows, d), _F32) for _ in xp)
-    one = cfg._replace(chunks=1, reverse=reverse)
-    ends = run_fwd_mosaic(
-        one, _rows(ap, batch, chunks), _view(xp, (rows, -1, d)), zeros, final_only=True
-    )
-    return _unplanes(_view(ends, (batch, chunks, d)))
-
-
-def _rows(ap, batch: int, chunks: int):
-    """A time-invariant ``a`` (``(Ba, d)``) for the ``(batch * C)`` chunk rows."""
-    if ap[0].shape[0] == 1:
-        return ap
-    return tuple(jnp.repeat(x, chunks, axis=0) for x in ap)
+from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_ends_mosaic, run_fwd_mosaic
 
 
 def _view(xp, shape):
@@ -65,13 +40,9 @@ def run_fwd_chunked(cfg, ap, bp, h0p):
     """The ``h`` planes ``(batch, l, d)`` of a time-invariant scan, ``cfg.chunks`` chunks."""
     batch, length, d = bp[0].shape
     chunks = cfg.chunks
-    steps = length // chunks
-    ends = _ends(cfg, ap, bp, batch, chunks, cfg.reverse)
-    a_t = lax.integer_pow(_unplanes(ap).astype(ends.dtype), steps)  # (Ba, d)
-    starts = chunk_starts(a_t[:, None], ends, _unplanes(h0p), cfg.reverse)
-    single = cfg._replace(chunks=1)
-    s0 = _view(_planes(starts), (batch * chunks, d))
-    hp = run_fwd_mosaic(single, _rows(ap, batch, chunks), _view(bp, (-1, steps, d)), s0)
+    rows = _view(bp, (batch * chunks, length // chunks, d))
+    ends = run_ends_mosaic(cfg, ap, rows, chunks, cfg.reverse)
+    hp = run_fwd_mosaic(cfg, ap, rows, h0p, chunks=chunks, ends=ends)
     return _view(hp, (batch, length, d))
 
 
@@ -80,35 +51,11 @@ def run_bwd_chunked(cfg, ap, hp, dhp, h0p, b_dtype):
     per-sequence ``(batch, d)`` sum)."""
     batch, length, d = hp[0].shape
     chunks = cfg.chunks
-    steps = length // chunks
+    view = (batch * chunks, length // chunks, d)
     # The adjoint g_t = dh_t + conj(a) g_{t+1} scans against the forward, with conj(a).
-    a_c = jnp.conj(_unplanes(tuple(x.astype(_F32) for x in ap)))  # fp32 / complex64
-    ends = _ends(cfg, _planes(a_c), dhp, batch, chunks, not cfg.reverse)
-    # g at each chunk's last adjoint step, entering from the chunk after it (0 for the last).
-    a_t = lax.integer_pow(a_c, steps)
-    g_in = chunk_starts(a_t[:, None], ends, jnp.zeros_like(ends[:, 0]), not cfg.reverse)
-    c0 = _view(_planes(a_c[:, None] * g_in), (batch * chunks, d))
-    # Every chunk's start state: a row of h next to it, or h0 for the first chunk.
-    h4 = _view(hp, (batch, chunks, steps, d))
-    if cfg.reverse:
-        starts = tuple(
-            jnp.concatenate([x[:, 1:, 0], h0[:, None]], axis=1)
-            for x, h0 in zip(h4, h0p, strict=True)
-        )
-    else:
-        starts = tuple(
-            jnp.concatenate([h0[:, None], x[:, :-1, steps - 1]], axis=1)
-            for x, h0 in zip(h4, h0p, strict=True)
-        )
-    single = cfg._replace(chunks=1)
+    ends = run_ends_mosaic(cfg, ap, _view(dhp, view), chunks, not cfg.reverse, conj=True)
     g, da, dh0 = run_bwd_mosaic(
-        single,
-        _rows(ap, batch, chunks),
-        _view(hp, (-1, steps, d)),
-        _view(dhp, (-1, steps, d)),
-        _view(starts, (batch * chunks, d)),
-        b_dtype,
-        c0p=c0,
+        cfg, ap, _view(hp, view), _view(dhp, view), h0p, b_dtype, chunks=chunks, ends=ends
     )
     first = chunks - 1 if cfg.reverse else 0  # the chunk that holds the scan's first step
     return (

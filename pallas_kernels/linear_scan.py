@@ -50,8 +50,8 @@ Design (one kernel forward, one fused kernel backward):
   reach 90%); forward+backward faster than Triton at every benchmark shape (BENCHMARKS.md).
   With ``chunks > 1`` and a time-invariant ``a``, the L-parallel Mosaic scan
   (:mod:`pallas_kernels._linear_scan_mosaic_chunked`): every chunk's zero-start end state by
-  the forward kernel storing only its final state, the chunk start states by a short scan
-  over the chunks in XLA, the same kernels on ``(batch * chunks, l / chunks, d)``; for grids
+  an end-state kernel, then the scan kernels on ``(batch * chunks, l / chunks, d)``, each
+  chunk carrying its start state in from those end states itself; for grids
   too small to fill the GPU: the default for complex scans below 32 programs
   (:func:`auto_mosaic_chunks`), opt-in for real ones (BENCHMARKS.md, eleventh session).
 

@@ -11,10 +11,10 @@
   default) and 32; ``return_final_state`` (cotangents on both outputs);
   ``linear_scan_planes`` against ``linear_scan`` on the complex array.
 * The L-parallel Mosaic scan (``chunks > 1``, time-invariant ``a``) likewise: real, complex
-  and bf16, shared and per-sequence ``a``, forward and ``reverse``, 2-4 chunks of whole
-  tiles, a padded state; its end-state kernel (``final_only``) against the sequential
-  scan's last state; it lowers for CUDA to two Mosaic kernels forward (end states, scan) and
-  four for a gradient.
+  and bf16, shared and per-sequence ``a``, forward and ``reverse``, 2-10 chunks of whole
+  tiles (10: the loop that carries the start states), a padded state; its end-state kernel
+  against the sequential scan's last state; it lowers for CUDA to two Mosaic kernels
+  forward (end states, scan) and four for a gradient.
 * Lowering for CUDA on this CPU (``check_backend`` and ``on_hopper`` patched): the real
   Mosaic GPU lowering (register layouts, TMA, barriers), which interpret mode does not run:
   one Mosaic GPU kernel forward, two for a gradient (forward and backward), no Triton one.
@@ -105,6 +105,9 @@ CHUNKED = {
     "c64-l96-shared-c3": ("complex64", 96, False, "shared", (2, 64), 3),
     "c64-l128-shared-rev-64-c4": ("complex64", 128, True, "shared", (64,), 4),
     "bf16-l96-perseq-rev-c3": ("bfloat16", 96, True, "per_seq", (128,), 3),
+    # more chunks than one group of carried end states (GROUP = 8): the carry's loop
+    "c64-l320-perseq-c10": ("complex64", 320, False, "per_seq", (128,), 10),
+    "fp32-l320-shared-rev-c10": ("float32", 320, True, "shared", (128,), 10),
 }
 
 
@@ -127,31 +130,33 @@ def test_chunked_matches_sequential(rng, dtype, length, reverse, form, state, ch
     check_against_sequential(kernel, a, b, h0, ct, dtype, reverse, n_a=_n_a(form, length))
 
 
-@pytest.mark.parametrize(("planes", "reverse"), [(1, False), (2, True)])
-def test_end_state_kernel_is_the_last_state(rng, planes, reverse):
-    """The forward kernel with ``final_only`` (the chunk end states of the L-parallel scan)
-    stores the sequential scan's state after its last step, fp32; lengths of partial tiles
-    are refused (their padding would be scanned last)."""
-    length, d = 64, 128
-    shape = (BATCH, length, d)
+@pytest.mark.parametrize(
+    ("planes", "reverse", "conj", "ba"),
+    [(1, False, False, 1), (2, True, True, 2), (2, False, False, 2)],
+)
+def test_end_state_kernel_is_the_last_state(rng, planes, reverse, conj, ba):
+    """The end-state kernel of the L-parallel scan (it walks each row against the scan's
+    order with a running power of ``a``) stores the sequential scan's state after its last
+    step from a zero start, fp32, for rows that are chunks of ``Ba`` sequences (``a`` row
+    ``row // chunks``), with ``conj(a)`` when asked; partial tiles are refused."""
+    chunks, length, d = 2, 64, 128
+    rows = ba * chunks
     if planes == 1:
-        ap = (jnp.asarray(rng.uniform(-0.95, 0.95, (1, d)), jnp.float32),)
+        ap = (jnp.asarray(rng.uniform(-0.95, 0.95, (ba, d)), jnp.float32),)
     else:  # |a| < 1 at any phase
-        r, phi = rng.uniform(0.5, 0.95, (1, d)), rng.uniform(-3.1, 3.1, (1, d))
+        r, phi = rng.uniform(0.5, 0.95, (ba, d)), rng.uniform(-3.1, 3.1, (ba, d))
         ap = (jnp.asarray(r * np.cos(phi), jnp.float32), jnp.asarray(r * np.sin(phi), jnp.float32))
-    bp = tuple(jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(planes))
-    h0p = tuple(jnp.asarray(rng.normal(size=(BATCH, d)), jnp.float32) for _ in range(planes))
-    cfg = ls._Config(128, 8, 4, 1, reverse, True, 1, "mosaic")
-    ends = lm.run_fwd_mosaic(cfg, ap, bp, h0p, final_only=True)
+    xp = tuple(jnp.asarray(rng.normal(size=(rows, length, d)), jnp.float32) for _ in range(planes))
+    cfg = ls._Config(128, 8, 4, 1, False, True, 1, "mosaic")
+    ends = lm.run_ends_mosaic(cfg, ap, xp, chunks, reverse, conj=conj)
     unplanes = lambda xs: xs[0] if planes == 1 else jax.lax.complex(*xs)
-    h = linear_recurrence(
-        unplanes(ap)[0], unplanes(bp), unplanes(h0p), reverse=reverse, implementation="sequential"
-    )
-    assert all(e.shape == (BATCH, d) and e.dtype == jnp.float32 for e in ends)
+    a = jnp.repeat(unplanes(ap), rows // ba, axis=0)[:, None]  # (rows, 1, d)
+    a = jnp.conj(a) if conj else a
+    h = linear_recurrence(a, unplanes(xp), reverse=reverse, implementation="sequential")
+    assert all(e.shape == (rows, d) and e.dtype == jnp.float32 for e in ends)
     assert_allclose(unplanes(ends), h[:, 0 if reverse else -1], n=length)
     with pytest.raises(ValueError, match="whole 32-step tiles"):
-        short = tuple(x[:, :37] for x in bp)
-        lm.run_fwd_mosaic(cfg, ap, short, h0p, final_only=True)
+        lm.run_ends_mosaic(cfg, ap, tuple(x[:, :37] for x in xp), chunks, reverse)
 
 
 @pytest.mark.parametrize(
