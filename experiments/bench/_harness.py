@@ -19,6 +19,7 @@ SCAN_SHAPES = {  # the linear-scan benchmark shapes: name -> ((b, l, d), dtype, 
     "fp32-tv": ((8, 4096, 2048), "float32", False),
     "c64-ti": ((8, 4096, 1024), "complex64", True),
     "c64-tv": ((8, 4096, 1024), "complex64", False),
+    "fp32-ti": ((8, 4096, 2048), "float32", True),  # a real time-invariant a (S4D-real)
 }
 
 

@@ -593,8 +593,9 @@ def main(argv=None):
     parser.add_argument(
         "--scan-shapes",
         default=None,
-        help="comma-separated linear_recurrence shapes instead of the three defaults: "
-        "fp32-tv, c64-tv, c64-ti, or one of them at another shape (e.g. c64-ti:8x4096x256)",
+        help="comma-separated linear_recurrence shapes instead of the three defaults "
+        "(fp32-tv, c64-tv, c64-ti): a kind (those, or fp32-ti: a real time-invariant a), "
+        "or a kind at another shape (e.g. c64-ti:8x4096x256)",
     )
     parser.add_argument(
         "--ss-check-impls",
