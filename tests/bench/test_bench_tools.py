@@ -253,6 +253,7 @@ def test_kernels_scan_shapes():
     assert parse_scan_shape("c64-ti:8x4096x256") == ((8, 4096, 256), "complex64", True)
     assert parse_scan_shape("fp32-tv:2x16384x2048") == ((2, 16384, 2048), "float32", False)
     assert parse_scan_shape("c64-tv") == ((8, 4096, 1024), "complex64", False)
+    assert parse_scan_shape("fp32-ti:8x4096x256") == ((8, 4096, 256), "float32", True)
     for bad in ("bf16-tv:1x2x3", "c64-tv:8x4096", "fp32"):
         with pytest.raises(ValueError):
             parse_scan_shape(bad)
