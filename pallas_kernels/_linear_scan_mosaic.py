@@ -382,6 +382,13 @@ def _call(cfg, body, staged, out_shape, n_in: int, grid, name: str):
     )
 
 
+def _scan_body(kernel, cfg, p: int, lti: bool, n_tiles: int, chunks: int):
+    """The forward or backward kernel body with this call's static configuration."""
+    return functools.partial(
+        kernel, p=p, lti=lti, reverse=cfg.reverse, n_tiles=n_tiles, unroll=cfg.unroll, chunks=chunks
+    )
+
+
 def run_fwd_mosaic(cfg, ap, bp, h0p, chunks: int = 1, ends=None):
     """The ``h`` planes ``(rows, l, d)`` (as ``linear_scan._run_fwd``). With ``chunks > 1``
     (time-invariant ``a``, whole tiles): ``bp`` is the ``(batch * chunks, l / chunks, d)``
@@ -395,15 +402,7 @@ def run_fwd_mosaic(cfg, ap, bp, h0p, chunks: int = 1, ends=None):
     ap = ap if lti else tuple(seq(v) for v in ap)
     bp = tuple(seq(v) for v in bp)
     staged = ([] if lti else [v.dtype for v in ap]) + [v.dtype for v in bp]  # slot order
-    body = functools.partial(
-        _fwd_kernel,
-        p=p,
-        lti=lti,
-        reverse=cfg.reverse,
-        n_tiles=n_tiles,
-        unroll=cfg.unroll,
-        chunks=chunks,
-    )
+    body = _scan_body(_fwd_kernel, cfg, p, lti, n_tiles, chunks)
     extra = tuple(ends) if chunks > 1 else ()
     out_shape = [jax.ShapeDtypeStruct((rows, length + pad, d), bp[0].dtype)] * p
     n_in = 3 * p + len(extra)
@@ -452,15 +451,7 @@ def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, chunks: int = 1, ends=None):
     ap = ap if lti else tuple(seq(v) for v in ap)
     hp, dhp = tuple(seq(v) for v in hp), tuple(seq(v) for v in dhp)
     staged = ([] if lti else [v.dtype for v in ap]) + [v.dtype for v in (*hp, *dhp)]
-    body = functools.partial(
-        _bwd_kernel,
-        p=p,
-        lti=lti,
-        reverse=cfg.reverse,
-        n_tiles=n_tiles,
-        unroll=cfg.unroll,
-        chunks=chunks,
-    )
+    body = _scan_body(_bwd_kernel, cfg, p, lti, n_tiles, chunks)
     seq_shape = (rows, length + pad, d)
     da_type = jax.ShapeDtypeStruct((rows, d) if lti else seq_shape, _F32 if lti else ap[0].dtype)
     out_shape = (
