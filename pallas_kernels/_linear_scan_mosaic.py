@@ -21,6 +21,11 @@ Lengths that are not whole tiles are padded on the side the forward scans last (
 the start when ``reverse``): the forward's outputs there are dropped, and the backward meets
 them first with ``dh = 0`` and ``c = 0``, so they contribute nothing. The default on Hopper
 where it runs (``pallas_kernels.linear_scan.auto_layout``).
+
+With ``chunks > 1`` (the L-parallel scan of :mod:`pallas_kernels._linear_scan_mosaic_chunked`,
+time-invariant ``a``, whole tiles) every program row is one time chunk of a sequence:
+:func:`_ends_kernel` gives each chunk's zero-start end state, and the forward and backward
+kernels carry each chunk's start state (and the adjoint's carry) in from those themselves.
 """
 
 from __future__ import annotations
