@@ -300,7 +300,7 @@ def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, chunks=1):
         edge_row = (start + TILE - first_i) if reverse else (start - 1 + first_i)
         f = first.astype(_F32)
         edge = [ops.vec(r.at[b, edge_row, cols]).astype(_F32) for r in h_refs]
-        edge = [e * (1.0 - f) + x0 * f for e, x0 in zip(edge, h0, strict=True)]
+        edge = _mix(f, h0, edge)
 
         def row(t, h_prev, c, da_sum):
             a = a_lti or [ops.vec(s.at[slot, t]).astype(_F32) for s in a_slots]
