@@ -90,16 +90,15 @@ def _pow(a, n: int, conj=False):
 GROUP = 8  # chunk end states loaded together (unrolled) by the chunk-carry loop
 
 
-def _chunk_carry(ops, e_refs, rows, n_before, first, step, a_t, s, n_chunks, cols):
-    """Horner over a chunk's predecessors: ``s <- a_t s + E_j`` for the ``n_before`` chunks
-    before it in scan order, earliest first (row ``first + i * step`` of ``e_refs`` for the
-    ``i``-th); ``rows`` is this chunk's own row (a valid one to load where ``i`` is past
-    ``n_before``). ``GROUP`` predecessors a loop trip, their rows loaded together."""
+def _chunk_carry(ops, e_refs, first, n_before, a_t, s, n_max, cols):
+    """Horner over the pieces before a chunk in scan order: ``s <- a_t s + E_i`` for
+    ``i < n_before``, earliest first, ``E_i`` row ``first + i`` of ``e_refs`` (a sequence's
+    ``n_max`` rows start at ``first``; past ``n_before`` row ``first`` is loaded and
+    dropped). ``GROUP`` rows a loop trip, loaded together."""
 
     def one(i, s):
         active = i < n_before
-        own = rows + active.astype(jnp.int32) * (first + i * step - rows)
-        e = [ops.vec(r.at[own, cols]) for r in e_refs]
+        e = [ops.vec(r.at[first + active.astype(jnp.int32) * i, cols]) for r in e_refs]
         return _mix(active.astype(_F32), _add(_mul(a_t, s), e), s)
 
     def group(g, s):
@@ -108,12 +107,11 @@ def _chunk_carry(ops, e_refs, rows, n_before, first, step, a_t, s, n_chunks, col
             s = one(g * GROUP + u, s)
         return tuple(s)
 
-    n = n_chunks - 1  # the most predecessors a chunk has
-    if n <= GROUP:
-        for i in range(n):
+    if n_max <= GROUP:
+        for i in range(n_max):
             s = one(i, s)
         return list(s)
-    return list(lax.fori_loop(0, -(-n // GROUP), group, tuple(s)))
+    return list(lax.fori_loop(0, -(-n_max // GROUP), group, tuple(s)))
 
 
 def _stages(tile: int, staged) -> int:
@@ -154,11 +152,12 @@ def _chunk_of(ops, chunks: int):
     return di, r, lax.div(r, chunks), lax.rem(r, chunks)
 
 
-def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, chunks=1):
+def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, chunks=1, split=1):
     """``h`` of every program's rows; ``chunks > 1`` (the L-parallel scan, time-invariant
     ``a``): the rows are chunks of ``n_tiles`` tiles, and each chunk's start state is the
-    sequence's ``h0`` carried through its predecessors' zero-start end states (the extra
-    input ``E``, :func:`_ends_kernel`), ``s <- a^T s + E_j``."""
+    sequence's ``h0`` carried through the zero-start end states of the ``split`` pieces of
+    each chunk before it (the extra input ``E``, :func:`_ends_kernel`), ``s <- a^T' s + E_i``
+    (``T'`` = the chunk's steps / ``split``)."""
     na = p
     a_refs, b_refs, h0_refs = refs[:na], refs[na : na + p], refs[na + p : na + 2 * p]
     n_e = p if chunks > 1 else 0
@@ -178,12 +177,10 @@ def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, chunks=1):
     a_lti = [ops.vec(r.at[a_row, cols]).astype(_F32) for r in a_refs] if lti else None
     h = [ops.vec(r.at[seq, cols]).astype(_F32) for r in h0_refs]
     if chunks > 1:  # (while the first tiles arrive)
-        a_t = _pow(a_lti, n_tiles * TILE)
-        n_before = chunks - 1 - c if reverse else c
-        first = seq * chunks + (chunks - 1 if reverse else 0)
-        h = _chunk_carry(
-            ops, e_refs, b, n_before, first, -1 if reverse else 1, a_t, h, chunks, cols
-        )
+        a_t = _pow(a_lti, n_tiles * TILE // split)
+        n_max = split * (chunks - 1)  # the pieces with an end state, in scan order
+        n_before = split * (chunks - 1 - c if reverse else c)
+        h = _chunk_carry(ops, e_refs, seq * n_max, n_before, a_t, h, n_max, cols)
     a_slots, b_slots = ((), slots) if lti else (slots[:p], slots[p:])
 
     def tile_body(tile, slot, h):
@@ -204,20 +201,24 @@ def _fwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, chunks=1):
     tiles.loop(tile_body, tuple(h))
 
 
-def _ends_kernel(*refs, p, scan_reverse, n_tiles, unroll, ops, chunks, conj):
-    """Every row's zero-start end state ``E = sum_k a^(T-1-k) x_k`` (``k`` in scan order,
-    ``T`` steps; ``conj(a)`` with ``conj``) of a time-invariant scan, fp32 ``(rows, d)``.
+def _ends_kernel(*refs, p, scan_reverse, n_tiles, unroll, ops, pieces, n_max, conj):
+    """The zero-start end state ``E = sum_k a^(T-1-k) x_k`` (``k`` in scan order, ``T``
+    steps; ``conj(a)`` with ``conj``) of the first ``n_max`` of each sequence's ``pieces``
+    pieces in scan order (the last chunk's pieces precede nothing), fp32 ``(batch * n_max,
+    d)``: row ``i`` of a sequence is its ``i``-th piece in scan order.
 
-    The rows are walked against the scan's order, ``E += w x_k``, ``w *= a`` from ``w = 1``,
+    The pieces are walked against the scan's order, ``E += w x``, ``w *= a`` from ``w = 1``,
     so that the steps read last here are the ones the scan that follows reads first (still
     in L2)."""
     a_refs, x_refs, e_refs = refs[:p], refs[p : 2 * p], refs[2 * p : 3 * p]
     slots, bars = refs[3 * p : 4 * p], (None if ops.interpret else refs[4 * p])
-    di, r, seq, _ = _chunk_of(ops, chunks)
+    di, r = ops.program_ids()
+    seq, nth = lax.div(r, n_max), lax.rem(r, n_max)  # nth: the piece's place in scan order
+    x_row = seq * pieces + ((pieces - 1 - nth) if scan_reverse else nth)
     cols = pl.ds(di * BLOCK_D, BLOCK_D)
     walk_back = not scan_reverse  # walk the time axis backwards
     order = (lambda k: n_tiles - 1 - k) if walk_back else (lambda k: k)
-    sources = [lambda rows, ref=ref: ref.at[r, rows, cols] for ref in x_refs]
+    sources = [lambda rows, ref=ref: ref.at[x_row, rows, cols] for ref in x_refs]
     tiles = TileRing(ops, sources, slots, bars, TILE, n_tiles, order)
     tiles.prologue()
     a_row = 0 if a_refs[0].shape[0] == 1 else seq
@@ -243,12 +244,12 @@ def _ends_kernel(*refs, p, scan_reverse, n_tiles, unroll, ops, chunks, conj):
         ref[r, cols] = v
 
 
-def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, chunks=1):
+def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, chunks=1, split=1):
     """``(g, da, dh0)`` of every program's rows; ``chunks > 1`` (the L-parallel scan,
     time-invariant ``a``): the rows are chunks, each starting from the last state of the
     chunk before it (a row of ``h``, or ``h0``), and the adjoint enters each chunk with the
-    carry of the chunks after it, from their zero-start adjoint end states (the extra input
-    ``F``); ``da`` and ``dh0`` are then per chunk."""
+    carry of the chunks after it, from the zero-start adjoint end states of their ``split``
+    pieces each (the extra input ``F``); ``da`` and ``dh0`` are then per chunk."""
     n_in = 5 if chunks > 1 else 4
     a_refs, h_refs, dh_refs, h0_refs = (refs[i * p : (i + 1) * p] for i in range(4))
     f_refs = refs[4 * p : 5 * p] if chunks > 1 else ()
@@ -278,12 +279,10 @@ def _bwd_kernel(*refs, p, lti, reverse, n_tiles, unroll, ops, chunks=1):
         before = [ops.vec(r.at[nb, edge_t, cols]).astype(_F32) for r in h_refs]
         h0 = _mix(first_f, h0, before)
         # The carry from the chunks after it in the adjoint's order (conj(a) throughout).
-        a_t = _pow(a_lti, n_tiles * TILE, conj=True)
-        n_after = c if reverse else chunks - 1 - c
-        last = seq * chunks + (0 if reverse else chunks - 1)
-        g_in = _chunk_carry(
-            ops, f_refs, b, n_after, last, 1 if reverse else -1, a_t, zeros, chunks, cols
-        )
+        a_t = _pow(a_lti, n_tiles * TILE // split, conj=True)
+        n_max = split * (chunks - 1)  # the pieces with an end state, in the adjoint's order
+        n_after = split * (c if reverse else chunks - 1 - c)
+        g_in = _chunk_carry(ops, f_refs, seq * n_max, n_after, a_t, zeros, n_max, cols)
         c0 = _mul(g_in, a_lti, conj=True)
     a_slots = () if lti else slots[:p]
     h_slots, dh_slots = slots[-2 * p : -p], slots[-p:]
@@ -387,19 +386,26 @@ def _call(cfg, body, staged, out_shape, n_in: int, grid, name: str):
     )
 
 
-def _scan_body(kernel, cfg, p: int, lti: bool, n_tiles: int, chunks: int):
+def _scan_body(kernel, cfg, p: int, lti: bool, n_tiles: int, chunks: int, split: int):
     """The forward or backward kernel body with this call's static configuration."""
     return functools.partial(
-        kernel, p=p, lti=lti, reverse=cfg.reverse, n_tiles=n_tiles, unroll=cfg.unroll, chunks=chunks
+        kernel,
+        p=p,
+        lti=lti,
+        reverse=cfg.reverse,
+        n_tiles=n_tiles,
+        unroll=cfg.unroll,
+        chunks=chunks,
+        split=split,
     )
 
 
-def run_fwd_mosaic(cfg, ap, bp, h0p, chunks: int = 1, ends=None):
+def run_fwd_mosaic(cfg, ap, bp, h0p, chunks: int = 1, ends=None, split: int = 1):
     """The ``h`` planes ``(rows, l, d)`` (as ``linear_scan._run_fwd``). With ``chunks > 1``
     (time-invariant ``a``, whole tiles): ``bp`` is the ``(batch * chunks, l / chunks, d)``
-    view of the sequences, ``h0p`` ``(batch, d)``, and ``ends`` every chunk's zero-start end
-    state (:func:`run_ends_mosaic`), from which each chunk's start state is carried in the
-    kernel."""
+    view of the sequences, ``h0p`` ``(batch, d)``, and ``ends`` the zero-start end states of
+    the ``split`` pieces of every chunk but the last in scan order (:func:`run_ends_mosaic`),
+    from which each chunk's start state is carried in the kernel."""
     rows, length, d = bp[0].shape
     p, lti = len(bp), ap[0].ndim == 2
     n_tiles, pad = _tiling(length)
@@ -407,7 +413,7 @@ def run_fwd_mosaic(cfg, ap, bp, h0p, chunks: int = 1, ends=None):
     ap = ap if lti else tuple(seq(v) for v in ap)
     bp = tuple(seq(v) for v in bp)
     staged = ([] if lti else [v.dtype for v in ap]) + [v.dtype for v in bp]  # slot order
-    body = _scan_body(_fwd_kernel, cfg, p, lti, n_tiles, chunks)
+    body = _scan_body(_fwd_kernel, cfg, p, lti, n_tiles, chunks, split)
     extra = tuple(ends) if chunks > 1 else ()
     out_shape = [jax.ShapeDtypeStruct((rows, length + pad, d), bp[0].dtype)] * p
     n_in = 3 * p + len(extra)
@@ -416,15 +422,23 @@ def run_fwd_mosaic(cfg, ap, bp, h0p, chunks: int = 1, ends=None):
     return tuple(_unpad(h, length, pad, cfg.reverse) for h in hp)
 
 
-def run_ends_mosaic(cfg, ap, xp, chunks: int, scan_reverse: bool, conj: bool = False):
-    """Every row's zero-start end state, ``(rows, d)`` fp32 planes, of the time-invariant
-    scan (``reverse`` = ``scan_reverse``; with ``conj(a)`` when ``conj``) of ``xp``
-    (``(rows, T, d)`` planes of whole tiles, ``rows = batch * chunks``; ``ap`` ``(Ba, d)``
-    with ``Ba`` in ``{1, batch}``)."""
+def run_ends_mosaic(
+    cfg, ap, xp, chunks: int, scan_reverse: bool, conj: bool = False, split: int = 1
+):
+    """The zero-start end states, ``(batch * n, d)`` fp32 planes with ``n = split * (chunks -
+    1)``, of the time-invariant scan (``reverse`` = ``scan_reverse``; with ``conj(a)`` when
+    ``conj``) of the first ``n`` pieces in scan order of every sequence: ``xp`` is the
+    ``(batch * chunks * split, T, d)`` view of the sequences (pieces of ``T`` steps, whole
+    tiles), ``ap`` ``(Ba, d)`` with ``Ba`` in ``{1, batch}``. Row ``seq * n + i`` is sequence
+    ``seq``'s ``i``-th piece in scan order."""
     rows, length, d = xp[0].shape
     n_tiles, pad = _tiling(length)
     if pad:
         raise ValueError(f"the end states need whole {TILE}-step tiles, got {length} steps")
+    pieces = chunks * split
+    if chunks < 2 or rows % pieces:
+        raise ValueError(f"{rows} rows are not sequences of {chunks} >= 2 chunks x {split}")
+    n_max = split * (chunks - 1)
     p = len(xp)
     body = functools.partial(
         _ends_kernel,
@@ -432,23 +446,26 @@ def run_ends_mosaic(cfg, ap, xp, chunks: int, scan_reverse: bool, conj: bool = F
         scan_reverse=scan_reverse,
         n_tiles=n_tiles,
         unroll=cfg.unroll,
-        chunks=chunks,
+        pieces=pieces,
+        n_max=n_max,
         conj=conj,
     )
-    out_shape = [jax.ShapeDtypeStruct((rows, d), _F32)] * p
+    out_rows = rows // pieces * n_max
+    out_shape = [jax.ShapeDtypeStruct((out_rows, d), _F32)] * p
     staged = [v.dtype for v in xp]
     call = _call(
-        cfg, body, staged, out_shape, 2 * p, (d // BLOCK_D, rows), "linear_scan_ends_mosaic"
+        cfg, body, staged, out_shape, 2 * p, (d // BLOCK_D, out_rows), "linear_scan_ends_mosaic"
     )
     return tuple(call(*ap, *xp))
 
 
-def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, chunks: int = 1, ends=None):
+def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, chunks: int = 1, ends=None, split: int = 1):
     """``(db, da, dh0)`` planes (as ``linear_scan._run_bwd``). With ``chunks > 1``: ``hp`` and
     ``dhp`` are ``(batch * chunks, l / chunks, d)`` views, ``h0p`` ``(batch, d)``, ``ends``
-    the adjoint's zero-start end state in every chunk (:func:`run_ends_mosaic` of ``dh``
-    with ``conj(a)``, the other way), and ``da`` (time-invariant: summed over each chunk)
-    and ``dh0`` come per chunk, ``(batch * chunks, d)``."""
+    the adjoint's zero-start end states in the ``split`` pieces of every chunk but the
+    adjoint's last (:func:`run_ends_mosaic` of ``dh`` with ``conj(a)``, the other way), and
+    ``da`` (time-invariant: summed over each chunk) and ``dh0`` come per chunk, ``(batch *
+    chunks, d)``."""
     rows, length, d = hp[0].shape
     p, lti = len(hp), ap[0].ndim == 2
     n_tiles, pad = _tiling(length)
@@ -456,7 +473,7 @@ def run_bwd_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, chunks: int = 1, ends=None):
     ap = ap if lti else tuple(seq(v) for v in ap)
     hp, dhp = tuple(seq(v) for v in hp), tuple(seq(v) for v in dhp)
     staged = ([] if lti else [v.dtype for v in ap]) + [v.dtype for v in (*hp, *dhp)]
-    body = _scan_body(_bwd_kernel, cfg, p, lti, n_tiles, chunks)
+    body = _scan_body(_bwd_kernel, cfg, p, lti, n_tiles, chunks, split)
     seq_shape = (rows, length + pad, d)
     da_type = jax.ShapeDtypeStruct((rows, d) if lti else seq_shape, _F32 if lti else ap[0].dtype)
     out_shape = (

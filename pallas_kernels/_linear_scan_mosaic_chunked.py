@@ -29,20 +29,54 @@ Planes: 1 (real) or 2 (real, imaginary) fp32 arrays, as everywhere in ``linear_s
 
 from __future__ import annotations
 
-from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_ends_mosaic, run_fwd_mosaic
+from pallas_kernels._linear_scan_mosaic import (
+    BLOCK_D,
+    TILE,
+    run_bwd_mosaic,
+    run_ends_mosaic,
+    run_fwd_mosaic,
+)
+
+END_SPLIT = None  # pieces per chunk for the end-state kernels (None: end_split's rule)
+END_PROGRAMS = 264  # end-state programs the H100 runs at once (2 per SM: 96 KiB of tiles)
+MAX_PIECES = 32  # most end states a chunk carries in (8 rows a dependent loop trip)
+
+
+def end_split(blocks: int, batch: int, chunks: int, n_tiles: int) -> int:
+    """Pieces of every chunk whose end states the end-state kernel computes, one program
+    each: the most (of 4, 2, 1) that divide the chunk's ``n_tiles`` tiles, keep the
+    kernel's ``blocks * batch * split * (chunks - 1)`` programs within ``END_PROGRAMS`` (one
+    wave) and a chunk's carry within ``MAX_PIECES`` end states; ``END_SPLIT`` overrides."""
+    if END_SPLIT is not None:
+        if n_tiles % END_SPLIT:
+            raise ValueError(f"END_SPLIT={END_SPLIT} does not divide {n_tiles} tiles")
+        return END_SPLIT
+    for split in (4, 2):
+        n = split * (chunks - 1)
+        if not n_tiles % split and n <= MAX_PIECES and blocks * batch * n <= END_PROGRAMS:
+            return split
+    return 1
 
 
 def _view(xp, shape):
     return tuple(x.reshape(shape) for x in xp)
 
 
+def _split(cfg, batch: int, length: int, d: int) -> tuple[int, tuple]:
+    """``(split, the (batch * chunks * split, l / (chunks * split), d) view's shape)``."""
+    split = end_split(d // BLOCK_D, batch, cfg.chunks, length // cfg.chunks // TILE)
+    pieces = cfg.chunks * split
+    return split, (batch * pieces, length // pieces, d)
+
+
 def run_fwd_chunked(cfg, ap, bp, h0p):
     """The ``h`` planes ``(batch, l, d)`` of a time-invariant scan, ``cfg.chunks`` chunks."""
     batch, length, d = bp[0].shape
     chunks = cfg.chunks
+    split, pieces = _split(cfg, batch, length, d)
+    ends = run_ends_mosaic(cfg, ap, _view(bp, pieces), chunks, cfg.reverse, split=split)
     rows = _view(bp, (batch * chunks, length // chunks, d))
-    ends = run_ends_mosaic(cfg, ap, rows, chunks, cfg.reverse)
-    hp = run_fwd_mosaic(cfg, ap, rows, h0p, chunks=chunks, ends=ends)
+    hp = run_fwd_mosaic(cfg, ap, rows, h0p, chunks=chunks, ends=ends, split=split)
     return _view(hp, (batch, length, d))
 
 
@@ -52,10 +86,21 @@ def run_bwd_chunked(cfg, ap, hp, dhp, h0p, b_dtype):
     batch, length, d = hp[0].shape
     chunks = cfg.chunks
     view = (batch * chunks, length // chunks, d)
+    split, pieces = _split(cfg, batch, length, d)
     # The adjoint g_t = dh_t + conj(a) g_{t+1} scans against the forward, with conj(a).
-    ends = run_ends_mosaic(cfg, ap, _view(dhp, view), chunks, not cfg.reverse, conj=True)
+    ends = run_ends_mosaic(
+        cfg, ap, _view(dhp, pieces), chunks, not cfg.reverse, conj=True, split=split
+    )
     g, da, dh0 = run_bwd_mosaic(
-        cfg, ap, _view(hp, view), _view(dhp, view), h0p, b_dtype, chunks=chunks, ends=ends
+        cfg,
+        ap,
+        _view(hp, view),
+        _view(dhp, view),
+        h0p,
+        b_dtype,
+        chunks=chunks,
+        ends=ends,
+        split=split,
     )
     first = chunks - 1 if cfg.reverse else 0  # the chunk that holds the scan's first step
     return (

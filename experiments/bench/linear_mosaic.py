@@ -15,9 +15,10 @@ the host time of a JAX call: BENCHMARKS.md, tenth session).
         [--shapes fp32-tv,c64-ti,c64-tv,fp32-tv:4x8192x2048] [--repeats 15]
 
 A variant is ``+``-joined ``key=value`` items: ``stages=N`` (``MAX_STAGES``), ``tile=N``
-(``TILE``), ``unroll=N``; ``base`` is the defaults. (The ninth session's variants that
-stored outputs by TMA and put a complex channel's planes on two lanes ran at commit
-1ac3bda; BENCHMARKS.md.)
+(``TILE``), ``unroll=N``, ``chunks=N`` (the L-parallel scan, time-invariant ``a``),
+``split=N`` (its end-state pieces a chunk, ``END_SPLIT``); ``base`` is the defaults. (The
+ninth session's variants that stored outputs by TMA and put a complex channel's planes on two
+lanes ran at commit 1ac3bda; BENCHMARKS.md.)
 """
 
 import argparse
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pallas_kernels._linear_scan_mosaic as lm
+import pallas_kernels._linear_scan_mosaic_chunked as lmc
 from experiments.bench._harness import (
     SCAN_SHAPES,
     device_ms,
@@ -55,23 +57,29 @@ def parse_variant(spec: str) -> tuple[dict, dict]:
             switches["MAX_STAGES"] = int(value)
         elif key == "tile":
             switches["TILE"] = int(value)
-        elif key == "unroll":
-            options["unroll"] = int(value)
+        elif key == "split":
+            switches["END_SPLIT"] = int(value)
+        elif key in ("unroll", "chunks"):
+            options[key] = int(value)
         else:
             raise ValueError(f"unknown variant item {item!r}")
     return switches, options
 
 
+def _module(name: str):
+    return lmc if name == "END_SPLIT" else lm
+
+
 @contextlib.contextmanager
 def switched(switches: dict):
-    old = {k: getattr(lm, k) for k in switches}
+    old = {k: getattr(_module(k), k) for k in switches}
     for k, v in switches.items():
-        setattr(lm, k, v)
+        setattr(_module(k), k, v)
     try:
         yield
     finally:
         for k, v in old.items():
-            setattr(lm, k, v)
+            setattr(_module(k), k, v)
 
 
 def inputs(shape, dtype, lti, seed=0):

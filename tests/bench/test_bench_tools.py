@@ -147,6 +147,7 @@ def test_linear_mosaic_variants_and_shapes():
         {"MAX_STAGES": 5, "TILE": 16},
         {"unroll": 4},
     )
+    assert parse_variant("chunks=8+split=2") == ({"END_SPLIT": 2}, {"chunks": 8})
     with pytest.raises(ValueError, match="unknown variant"):
         parse_variant("fast")
     assert parse_shape("c64-ti") == ((8, 4096, 1024), "complex64", True)
@@ -160,16 +161,20 @@ def test_linear_mosaic_rows_interpreted(monkeypatch):
 
     import experiments.bench.linear_mosaic as lmb
     import pallas_kernels._linear_scan_mosaic as lm
+    import pallas_kernels._linear_scan_mosaic_chunked as lmc
     import pallas_kernels.linear_scan as ls
 
     monkeypatch.setattr(lmb, "linear_scan", functools.partial(ls.linear_scan, interpret=True))
     planes = functools.partial(ls.linear_scan_planes, interpret=True)
     monkeypatch.setattr(lmb, "linear_scan_planes", planes)
     monkeypatch.setitem(lmb.SHAPES, "tiny", ((2, 40, 128), "complex64", True))
+    monkeypatch.setitem(lmb.SHAPES, "tiny-l128", ((1, 128, 128), "complex64", True))
     rows = lmb.bench_shape("tiny", ["base", "stages=1+tile=16"], repeats=1)
-    assert [r["variant"] for r in rows[2:]] == ["base", "stages=1+tile=16"]
-    assert all(r["ok"] == "OK" for r in rows[2:])
-    assert (lm.MAX_STAGES, lm.TILE) == (3, 32)
+    rows += lmb.bench_shape("tiny-l128", ["chunks=2+split=2"], repeats=1)
+    assert [r["variant"] for r in rows[2:4]] == ["base", "stages=1+tile=16"]
+    assert rows[-1]["variant"] == "chunks=2+split=2"
+    assert all(r["ok"] == "OK" for r in (*rows[2:4], rows[-1]))
+    assert (lm.MAX_STAGES, lm.TILE, lmc.END_SPLIT) == (3, 32, None)
 
 
 def test_bandwidth_shapes_bytes_and_rows():

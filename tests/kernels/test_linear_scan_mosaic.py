@@ -32,6 +32,7 @@ import pytest
 from test_linear_scan import check_against_sequential, lti_a_shape, make_inputs, make_lti_a
 
 import pallas_kernels._linear_scan_mosaic as lm
+import pallas_kernels._linear_scan_mosaic_chunked as lmc
 import pallas_kernels.linear_scan as ls
 from pallas_kernels.linear_scan import linear_scan, linear_scan_planes
 from ssmjax.ops import linear_recurrence
@@ -108,6 +109,10 @@ CHUNKED = {
     # more chunks than one group of carried end states (GROUP = 8): the carry's loop
     "c64-l320-perseq-c10": ("complex64", 320, False, "per_seq", (128,), 10),
     "fp32-l320-shared-rev-c10": ("float32", 320, True, "shared", (128,), 10),
+    # chunks of several tiles: the end states come per piece (end_split: 4 pieces a chunk
+    # here), 4 and 12 of them carried (the loop, one group and a partial one)
+    "fp32-l256-perseq-c2-split4": ("float32", 256, False, "per_seq", (128,), 2),
+    "c64-l512-shared-rev-c4-split4": ("complex64", 512, True, "shared", (128,), 4),
 }
 
 
@@ -130,17 +135,39 @@ def test_chunked_matches_sequential(rng, dtype, length, reverse, form, state, ch
     check_against_sequential(kernel, a, b, h0, ct, dtype, reverse, n_a=_n_a(form, length))
 
 
+def test_end_split_rule(monkeypatch):
+    """Pieces per chunk for the end-state kernel: the most of 4, 2, 1 that divide the
+    chunk's tiles and keep one wave (264 programs) and <= 32 carried end states."""
+    rule = lmc.end_split
+    assert rule(2, 8, 8, 16) == 2  # (8, 4096, 256) complex, 8 chunks: 224 programs
+    assert rule(2, 8, 8, 2) == 2  # only 2 tiles a chunk
+    assert rule(2, 8, 8, 3) == 1  # 3 tiles: no even split
+    assert rule(4, 1, 32, 16) == 1  # 32 chunks: 62 pieces would be carried
+    assert rule(1, 2, 2, 4) == 4
+    monkeypatch.setattr(lmc, "END_SPLIT", 2)
+    assert rule(4, 1, 32, 16) == 2
+    with pytest.raises(ValueError, match="does not divide 3 tiles"):
+        rule(2, 8, 8, 3)
+
+
 @pytest.mark.parametrize(
-    ("planes", "reverse", "conj", "ba"),
-    [(1, False, False, 1), (2, True, True, 2), (2, False, False, 2)],
+    ("planes", "reverse", "conj", "ba", "split"),
+    [
+        (1, False, False, 1, 1),
+        (2, True, True, 2, 2),
+        (2, False, False, 2, 2),
+        (1, True, False, 1, 1),
+    ],
 )
-def test_end_state_kernel_is_the_last_state(rng, planes, reverse, conj, ba):
-    """The end-state kernel of the L-parallel scan (it walks each row against the scan's
-    order with a running power of ``a``) stores the sequential scan's state after its last
-    step from a zero start, fp32, for rows that are chunks of ``Ba`` sequences (``a`` row
-    ``row // chunks``), with ``conj(a)`` when asked; partial tiles are refused."""
-    chunks, length, d = 2, 64, 128
-    rows = ba * chunks
+def test_end_state_kernel_is_the_last_state(rng, planes, reverse, conj, ba, split):
+    """The end-state kernel of the L-parallel scan (it walks each piece against the scan's
+    order with a running power of ``a``) stores the sequential scan's state after a piece's
+    last step from a zero start, fp32, for the pieces of every chunk but the last in scan
+    order, ``split`` pieces a chunk, of ``Ba`` sequences (``a`` row: the sequence), with
+    ``conj(a)`` when asked; partial tiles are refused."""
+    chunks, length, d = 3, 32, 128
+    pieces = chunks * split
+    rows = ba * pieces
     if planes == 1:
         ap = (jnp.asarray(rng.uniform(-0.95, 0.95, (ba, d)), jnp.float32),)
     else:  # |a| < 1 at any phase
@@ -148,15 +175,20 @@ def test_end_state_kernel_is_the_last_state(rng, planes, reverse, conj, ba):
         ap = (jnp.asarray(r * np.cos(phi), jnp.float32), jnp.asarray(r * np.sin(phi), jnp.float32))
     xp = tuple(jnp.asarray(rng.normal(size=(rows, length, d)), jnp.float32) for _ in range(planes))
     cfg = ls._Config(128, 8, 4, 1, False, True, 1, "mosaic")
-    ends = lm.run_ends_mosaic(cfg, ap, xp, chunks, reverse, conj=conj)
+    ends = lm.run_ends_mosaic(cfg, ap, xp, chunks, reverse, conj=conj, split=split)
     unplanes = lambda xs: xs[0] if planes == 1 else jax.lax.complex(*xs)
-    a = jnp.repeat(unplanes(ap), rows // ba, axis=0)[:, None]  # (rows, 1, d)
+    a = jnp.repeat(unplanes(ap), pieces, axis=0)[:, None]  # (rows, 1, d)
     a = jnp.conj(a) if conj else a
     h = linear_recurrence(a, unplanes(xp), reverse=reverse, implementation="sequential")
-    assert all(e.shape == (rows, d) and e.dtype == jnp.float32 for e in ends)
-    assert_allclose(unplanes(ends), h[:, 0 if reverse else -1], n=length)
+    last = h[:, 0 if reverse else -1].reshape(ba, pieces, d)
+    n = split * (chunks - 1)  # the pieces before the last chunk in scan order
+    want = (last[:, ::-1] if reverse else last)[:, :n].reshape(ba * n, d)
+    assert all(e.shape == (ba * n, d) and e.dtype == jnp.float32 for e in ends)
+    assert_allclose(unplanes(ends), want, n=length)
     with pytest.raises(ValueError, match="whole 32-step tiles"):
-        lm.run_ends_mosaic(cfg, ap, tuple(x[:, :37] for x in xp), chunks, reverse)
+        lm.run_ends_mosaic(cfg, ap, tuple(x[:, :24] for x in xp), chunks, reverse)
+    with pytest.raises(ValueError, match="not sequences of 2 >= 2 chunks x 4"):
+        lm.run_ends_mosaic(cfg, ap, xp, 2, reverse, split=4)
 
 
 @pytest.mark.parametrize(
