@@ -8,19 +8,23 @@ time axis is cut into ``C`` chunks of ``T = l / C`` steps, and the single-pass k
 times the programs. A chunk needs its true start state, which a time-invariant ``a`` makes
 cheap:
 
-* forward: every chunk's end state from a zero start, ``E_c = sum_k a^(T-1-k) b_{c,k}``, by
-  the end-state kernel (``run_ends_mosaic``: one read of ``b`` on the ``C``-times grid,
-  walked against the scan's order so that what it reads last, the chunks' first steps, is
-  still in L2 when the scan reads it first); then the scan kernel, whose every chunk carries
-  its start state from ``h0`` through its predecessors, ``S <- a^T S + E_j`` (a few rows
-  loaded at its start, while its first tiles arrive), and rescans the chunk from it (a second
-  read of ``b``, one write of ``h``: 1.5x the single pass's traffic);
+* forward: the end state from a zero start, ``E = sum_k a^(T'-1-k) b_k``, of every piece of
+  ``T' = T / split`` steps that precedes a chunk (each chunk is cut into ``split`` pieces,
+  :func:`end_split`, so that the end-state kernel's grid fills the GPU in one wave; the last
+  chunk's pieces precede nothing and are not read), by the end-state kernel
+  (``run_ends_mosaic``: one program a piece, walked against the scan's order so that what it
+  reads last, the chunks' first steps, is still in L2 when the scan reads it first); then the
+  scan kernel, whose every chunk carries its start state from ``h0`` through the pieces
+  before it, ``S <- a^T' S + E_i`` (a few rows loaded at its start, while its first tiles
+  arrive), and rescans the chunk from it (a second read of ``b`` but for the last chunk's,
+  one write of ``h``);
 * backward: the adjoint ``g_t = dh_t + conj(a) g_{t+1}`` likewise, from the other end: its
-  zero-start end state in every chunk, ``F_c = sum_k conj(a)^k dh_{c,k}``, by the end-state
-  kernel on ``dh`` with ``conj(a)``, and each chunk's backward kernel carries the adjoint in
-  from the chunks after it; its start state is a row of the forward's ``h`` (the last row of
-  the chunk before it, or ``h0``), loaded by the kernel, so nothing extra is saved. ``da``
-  and ``dh0`` come per chunk (summed, and the first chunk's taken, in XLA).
+  zero-start end state in every piece that precedes a chunk in the adjoint's order,
+  ``F = sum_k conj(a)^k dh_k``, by the end-state kernel on ``dh`` with ``conj(a)``, and each
+  chunk's backward kernel carries the adjoint in from the pieces after it; its start state
+  is a row of the forward's ``h`` (the last row of the chunk before it, or ``h0``), loaded by
+  the kernel, so nothing extra is saved. ``da`` and ``dh0`` come per chunk (summed, and the
+  first chunk's taken, in XLA).
 
 Two kernels each way and no XLA work between them (the eleventh session's version had eight
 small XLA kernels for the chunk scans, ``a^T`` and the start rows: 8% of its device time).
