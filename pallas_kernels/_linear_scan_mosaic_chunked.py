@@ -9,9 +9,8 @@ times the programs. A chunk needs its true start state, which a time-invariant `
 cheap:
 
 * forward: the end state from a zero start, ``E = sum_k a^(T'-1-k) b_k``, of every piece of
-  ``T' = T / split`` steps that precedes a chunk (each chunk is cut into ``split`` pieces,
-  :func:`end_split`, so that the end-state kernel's grid fills the GPU in one wave; the last
-  chunk's pieces precede nothing and are not read), by the end-state kernel
+  ``T' = T / split`` steps that precedes a chunk (``split`` = 1 by default, :func:`end_split`;
+  the last chunk precedes nothing and is not read), by the end-state kernel
   (``run_ends_mosaic``: one program a piece, walked against the scan's order so that what it
   reads last, the chunks' first steps, is still in L2 when the scan reads it first); then the
   scan kernel, whose every chunk carries its start state from ``h0`` through the pieces
@@ -34,32 +33,26 @@ Planes: 1 (real) or 2 (real, imaginary) fp32 arrays, as everywhere in ``linear_s
 from __future__ import annotations
 
 from pallas_kernels._linear_scan_mosaic import (
-    BLOCK_D,
     TILE,
     run_bwd_mosaic,
     run_ends_mosaic,
     run_fwd_mosaic,
 )
 
-END_SPLIT = None  # pieces per chunk for the end-state kernels (None: end_split's rule)
-END_PROGRAMS = 264  # end-state programs the H100 runs at once (2 per SM: 96 KiB of tiles)
-MAX_PIECES = 32  # most end states a chunk carries in (8 rows a dependent loop trip)
+END_SPLIT = 1  # pieces per chunk for the end-state kernels
 
 
-def end_split(blocks: int, batch: int, chunks: int, n_tiles: int) -> int:
+def end_split(n_tiles: int) -> int:
     """Pieces of every chunk whose end states the end-state kernel computes, one program
-    each: the most (of 4, 2, 1) that divide the chunk's ``n_tiles`` tiles, keep the
-    kernel's ``blocks * batch * split * (chunks - 1)`` programs within ``END_PROGRAMS`` (one
-    wave) and a chunk's carry within ``MAX_PIECES`` end states; ``END_SPLIT`` overrides."""
-    if END_SPLIT is not None:
-        if n_tiles % END_SPLIT:
-            raise ValueError(f"END_SPLIT={END_SPLIT} does not divide {n_tiles} tiles")
-        return END_SPLIT
-    for split in (4, 2):
-        n = split * (chunks - 1)
-        if not n_tiles % split and n <= MAX_PIECES and blocks * batch * n <= END_PROGRAMS:
-            return split
-    return 1
+    each: ``END_SPLIT`` (it must divide the chunk's ``n_tiles`` tiles). 1 on the H100: at
+    (8, 4096, 256) complex, 2 and 4 pieces (one wave of 224 and two of 448 end-state
+    programs) made the end-state kernel faster (0.023-0.025 ms against 0.027) but the scan
+    that follows slower (0.042 against 0.038: the steps it reads first are no longer the
+    ones read last), 0.165-0.167 ms forward+backward against 0.160 (BENCHMARKS.md,
+    thirteenth session); the knob stays for ``experiments.bench.linear_mosaic``."""
+    if n_tiles % END_SPLIT:
+        raise ValueError(f"END_SPLIT={END_SPLIT} does not divide {n_tiles} tiles")
+    return END_SPLIT
 
 
 def _view(xp, shape):
@@ -68,7 +61,7 @@ def _view(xp, shape):
 
 def _split(cfg, batch: int, length: int, d: int) -> tuple[int, tuple]:
     """``(split, the (batch * chunks * split, l / (chunks * split), d) view's shape)``."""
-    split = end_split(d // BLOCK_D, batch, cfg.chunks, length // cfg.chunks // TILE)
+    split = end_split(length // cfg.chunks // TILE)
     pieces = cfg.chunks * split
     return split, (batch * pieces, length // pieces, d)
 

@@ -174,7 +174,7 @@ def test_linear_mosaic_rows_interpreted(monkeypatch):
     assert [r["variant"] for r in rows[2:4]] == ["base", "stages=1+tile=16"]
     assert rows[-1]["variant"] == "chunks=2+split=2"
     assert all(r["ok"] == "OK" for r in (*rows[2:4], rows[-1]))
-    assert (lm.MAX_STAGES, lm.TILE, lmc.END_SPLIT) == (3, 32, None)
+    assert (lm.MAX_STAGES, lm.TILE, lmc.END_SPLIT) == (3, 32, 1)
 
 
 def test_bandwidth_shapes_bytes_and_rows():

@@ -109,10 +109,6 @@ CHUNKED = {
     # more chunks than one group of carried end states (GROUP = 8): the carry's loop
     "c64-l320-perseq-c10": ("complex64", 320, False, "per_seq", (128,), 10),
     "fp32-l320-shared-rev-c10": ("float32", 320, True, "shared", (128,), 10),
-    # chunks of several tiles: the end states come per piece (end_split: 4 pieces a chunk
-    # here), 4 and 12 of them carried (the loop, one group and a partial one)
-    "fp32-l256-perseq-c2-split4": ("float32", 256, False, "per_seq", (128,), 2),
-    "c64-l512-shared-rev-c4-split4": ("complex64", 512, True, "shared", (128,), 4),
 }
 
 
@@ -135,19 +131,28 @@ def test_chunked_matches_sequential(rng, dtype, length, reverse, form, state, ch
     check_against_sequential(kernel, a, b, h0, ct, dtype, reverse, n_a=_n_a(form, length))
 
 
-def test_end_split_rule(monkeypatch):
-    """Pieces per chunk for the end-state kernel: the most of 4, 2, 1 that divide the
-    chunk's tiles and keep one wave (264 programs) and <= 32 carried end states."""
-    rule = lmc.end_split
-    assert rule(2, 8, 8, 16) == 2  # (8, 4096, 256) complex, 8 chunks: 224 programs
-    assert rule(2, 8, 8, 2) == 2  # only 2 tiles a chunk
-    assert rule(2, 8, 8, 3) == 1  # 3 tiles: no even split
-    assert rule(4, 1, 32, 16) == 1  # 32 chunks: 62 pieces would be carried
-    assert rule(1, 2, 2, 4) == 4
-    monkeypatch.setattr(lmc, "END_SPLIT", 2)
-    assert rule(4, 1, 32, 16) == 2
-    with pytest.raises(ValueError, match="does not divide 3 tiles"):
-        rule(2, 8, 8, 3)
+@pytest.mark.parametrize(
+    ("dtype", "length", "reverse", "form", "chunks"),
+    [("float32", 256, False, "per_seq", 2), ("complex64", 512, True, "shared", 4)],
+)
+def test_chunked_with_end_pieces_matches_sequential(
+    rng, monkeypatch, dtype, length, reverse, form, chunks
+):
+    """The L-parallel scan with the end states taken per piece (``END_SPLIT = 4`` pieces a
+    chunk of 4 tiles): 4 and 12 of them carried into the last chunk (the carry's loop, one
+    group and a partial one)."""
+    monkeypatch.setattr(lmc, "END_SPLIT", 4)
+    a, b, h0, ct = _inputs(rng, dtype, length, form, (128,))
+
+    def kernel(a, b, h0):
+        return linear_scan(
+            a, b, h0, reverse=reverse, interpret=True, layout="mosaic", chunks=chunks
+        )
+
+    check_against_sequential(kernel, a, b, h0, ct, dtype, reverse, n_a=_n_a(form, length))
+    monkeypatch.setattr(lmc, "END_SPLIT", 3)
+    with pytest.raises(ValueError, match="END_SPLIT=3 does not divide 4 tiles"):
+        kernel(a, b, h0)
 
 
 @pytest.mark.parametrize(
