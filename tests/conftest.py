@@ -1,6 +1,9 @@
 """Strict JAX settings for the whole test suite, and shared fixtures."""
 
+import atexit
 import os
+import shutil
+import tempfile
 import zlib
 
 # Must be set before JAX initialises its backends.
@@ -12,6 +15,23 @@ import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_num_cpu_devices", 4)
+
+# A persistent compilation cache for this test process, in a fresh temporary folder: a
+# program compiled again later in the run (the same layer in another test, the training step
+# of a resumed run) loads instead of compiling, and so do the programs of the subprocesses
+# the tests start (experiments.train, the notebook kernels), which inherit the variable and
+# run one at a time while their test waits. Each process (each xdist worker) sets its own
+# folder, so no two running processes write to one. Results are unchanged: an entry is keyed
+# by the program, the compile options and the backend. JAX_ENABLE_COMPILATION_CACHE=false
+# turns it off.
+_XLA_CACHE = tempfile.mkdtemp(prefix="ssmjax-tests-xla-cache-")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture

@@ -156,6 +156,9 @@ def test_checkpoint_restores_in_a_fresh_process(tmp_path):
         "--config",
         "experiments/configs/mnist1d.py:s5_smoke",
         "--config.model.dropout=0.1",
+        # 400 train / 100 test examples (the default 5000 take seconds to generate): still
+        # 200 steps an epoch, so the 2-step run stops mid-epoch
+        "--config.data.kwargs.num_samples=500",
     ]
 
     def run(workdir, steps):
