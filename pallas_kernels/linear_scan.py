@@ -52,8 +52,8 @@ Design (one kernel forward, one fused kernel backward):
   (:mod:`pallas_kernels._linear_scan_mosaic_chunked`): every chunk's zero-start end state by
   an end-state kernel, then the scan kernels on ``(batch * chunks, l / chunks, d)``, each
   chunk carrying its start state in from those end states itself; for grids
-  too small to fill the GPU: the default for complex scans below 32 programs
-  (:func:`auto_mosaic_chunks`), opt-in for real ones (BENCHMARKS.md, eleventh session).
+  too small to fill the GPU: the default for time-invariant scans below 32 programs
+  (:func:`auto_mosaic_chunks`; BENCHMARKS.md, eleventh to thirteenth sessions).
 
 The reference this is tested against is ``ssmjax.ops.linear_recurrence(...,
 implementation="sequential")``.
@@ -395,8 +395,8 @@ MOSAIC_MIN_CHUNK = 256  # the shortest chunk it cuts (steps)
 
 
 def auto_mosaic_chunks(batch: int, d: int, length: int, interpret: bool, options: dict) -> int:
-    """Time chunks of the L-parallel Mosaic scan for a complex time-invariant scan that
-    ``auto_layout`` leaves to Triton; 1: none (stay with Triton).
+    """Time chunks of the L-parallel Mosaic scan for a time-invariant scan (real or
+    complex) that ``auto_layout`` leaves to Triton; 1: none (stay with Triton).
 
     On a compute capability 9.0 GPU, with no Triton launch option, ``d`` a multiple of 128
     and a single-pass grid below ``MOSAIC_MIN_PROGRAMS``: the smallest power of two ``C``
@@ -406,7 +406,7 @@ def auto_mosaic_chunks(batch: int, d: int, length: int, interpret: bool, options
     sessions; device time, planes) it beat the Triton two-pass scan: forward+backward 0.164
     ms (0.177 in the eleventh session's version) vs 0.211 ms at (8, 4096, 256) (``C = 8``;
     ``C = 16`` 0.167), 0.168 (0.183) vs 0.213 ms at (1, 16384, 512) (``C = 32``; ``C = 16``
-    0.178). Measured on complex scans only, so real ones stay with Triton.
+    0.178); real (fp32) at (8, 4096, 256), ``C = 8``: 0.080 vs 0.107 ms (thirteenth).
     """
     if interpret or any(v is not None for v in options.values()):
         return 1
@@ -527,7 +527,7 @@ def _run_planes(
         options = dict(block_d=block_d, unroll=unroll, num_warps=num_warps, chunks=chunks)
         options["num_stages"] = None if num_stages == 1 else num_stages
         layout = auto_layout(batch, d, interpret, options)
-        if layout == "channel" and time_invariant and n == 2:
+        if layout == "channel" and time_invariant:
             c = auto_mosaic_chunks(batch, d, length, interpret, options)
             if c > 1:
                 layout, chunks = "mosaic", c
@@ -628,8 +628,8 @@ def linear_scan(
         the single-pass kernel. Default: :func:`default_chunks`.
       layout: ``None`` (default): :func:`auto_layout` (``"mosaic"`` on an H100/H200 when
         none of the launch options above is given, the flattened state size is a multiple
-        of 128 and ``batch * d / 128 >= 32``; below that, for a complex time-invariant
-        ``a``, the L-parallel Mosaic scan where :func:`auto_mosaic_chunks` finds chunks;
+        of 128 and ``batch * d / 128 >= 32``; below that, for a time-invariant ``a``, the
+        L-parallel Mosaic scan where :func:`auto_mosaic_chunks` finds chunks;
         else ``"channel"``).
         ``"channel"``: the Pallas-Triton kernels above. ``"mosaic"``: Pallas Mosaic GPU
         kernels, one channel per thread of a 128-thread warpgroup, the sequences staged by

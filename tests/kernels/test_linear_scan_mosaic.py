@@ -416,7 +416,7 @@ def test_auto_falls_back_to_triton(hopper, dtype, shape, form, opts):
 
 
 def test_auto_mosaic_chunks_rule(monkeypatch):
-    """Below 32 programs, a complex time-invariant scan gets the L-parallel Mosaic scan with
+    """Below 32 programs, a time-invariant scan gets the L-parallel Mosaic scan with
     chunks of whole tiles, >= 256 steps, towards 128 programs; none where that cannot reach
     64 programs, in interpret mode, with Triton options, or for other state sizes."""
     monkeypatch.setattr(lm, "on_hopper", lambda: True)
@@ -435,10 +435,10 @@ def test_auto_mosaic_chunks_rule(monkeypatch):
     assert rule(8, 256, 4096, False, {}) == 1
 
 
-def test_auto_small_complex_grid_is_chunked_mosaic(hopper):
-    """``linear_scan_planes`` with a time-invariant ``a`` on 16 programs: the L-parallel
-    Mosaic scan (two Mosaic kernels forward, four for the gradient), no Triton; a
-    time-varying ``a`` or a real scan there stays with Triton."""
+def test_auto_small_grid_is_chunked_mosaic(hopper):
+    """``linear_scan_planes`` and ``linear_scan`` (real) with a time-invariant ``a`` on 16
+    programs: the L-parallel Mosaic scan (two Mosaic kernels forward, four for the
+    gradient), no Triton; a time-varying ``a`` there stays with Triton."""
     sds = jax.ShapeDtypeStruct
     b = (sds((8, 4096, 256), jnp.float32),) * 2
     f = lambda a, b: linear_scan_planes(a, b)
@@ -455,6 +455,8 @@ def test_auto_small_complex_grid_is_chunked_mosaic(hopper):
     text = lowered(f, b, b)  # time-varying a
     assert MOSAIC not in text and TRITON in text
     text = lowered(lambda a, b: linear_scan(a, b), a[0], b[0])  # real
+    assert text.count(MOSAIC) == 2 and TRITON not in text
+    text = lowered(lambda a, b: linear_scan(a, b), b[0], b[0])  # real, time-varying a
     assert MOSAIC not in text and TRITON in text
 
 
