@@ -24,8 +24,9 @@ where it runs (``pallas_kernels.linear_scan.auto_layout``).
 
 With ``chunks > 1`` (the L-parallel scan of :mod:`pallas_kernels._linear_scan_mosaic_chunked`,
 time-invariant ``a``, whole tiles) every program row is one time chunk of a sequence:
-:func:`_ends_kernel` gives each chunk's zero-start end state, and the forward and backward
-kernels carry each chunk's start state (and the adjoint's carry) in from those themselves.
+:func:`_ends_kernel` gives the zero-start end state of every chunk that another follows
+(or of its ``split`` pieces), and the forward and backward kernels carry each chunk's start
+state (and the adjoint's carry) in from those themselves.
 """
 
 from __future__ import annotations
