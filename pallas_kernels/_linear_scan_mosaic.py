@@ -438,7 +438,9 @@ def run_ends_mosaic(
         raise ValueError(f"the end states need whole {TILE}-step tiles, got {length} steps")
     pieces = chunks * split
     if chunks < 2 or rows % pieces:
-        raise ValueError(f"{rows} rows are not sequences of {chunks} >= 2 chunks x {split}")
+        raise ValueError(
+            f"{rows} rows are not sequences of {chunks} chunks (>= 2) x {split} pieces"
+        )
     n_max = split * (chunks - 1)
     p = len(xp)
     body = functools.partial(

@@ -46,9 +46,9 @@ def end_split(n_tiles: int) -> int:
     """Pieces of every chunk whose end states the end-state kernel computes, one program
     each: ``END_SPLIT`` (it must divide the chunk's ``n_tiles`` tiles). 1 on the H100: at
     (8, 4096, 256) complex, 2 and 4 pieces (one wave of 224 and two of 448 end-state
-    programs) made the end-state kernel faster (0.023-0.025 ms against 0.027) but the scan
-    that follows slower (0.042 against 0.038: the steps it reads first are no longer the
-    ones read last), 0.165-0.167 ms forward+backward against 0.160 (BENCHMARKS.md,
+    programs) made the end-state kernel faster (0.023-0.028 ms against 0.025-0.028) but the
+    scan that follows slower (0.041-0.042 against 0.038-0.039: the steps it reads first are
+    no longer the ones read last), 0.165-0.167 ms forward+backward against 0.160 (BENCHMARKS.md,
     thirteenth session); the knob stays for ``experiments.bench.linear_mosaic``."""
     if n_tiles % END_SPLIT:
         raise ValueError(f"END_SPLIT={END_SPLIT} does not divide {n_tiles} tiles")

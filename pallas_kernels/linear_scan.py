@@ -402,11 +402,11 @@ def auto_mosaic_chunks(batch: int, d: int, length: int, interpret: bool, options
     and a single-pass grid below ``MOSAIC_MIN_PROGRAMS``: the smallest power of two ``C``
     that brings the grid to ``MOSAIC_CHUNKED_PROGRAMS`` programs, with chunks of whole
     32-step tiles and at least ``MOSAIC_MIN_CHUNK`` steps; used when it reaches
-    ``MOSAIC_CHUNKED_MIN_PROGRAMS``. On the H100 (BENCHMARKS.md, eleventh and twelfth
-    sessions; device time, planes) it beat the Triton two-pass scan: forward+backward 0.164
+    ``MOSAIC_CHUNKED_MIN_PROGRAMS``. On the H100 (BENCHMARKS.md, eleventh to thirteenth
+    sessions; device time, planes) it beat the Triton two-pass scan: forward+backward 0.160
     ms (0.177 in the eleventh session's version) vs 0.211 ms at (8, 4096, 256) (``C = 8``;
-    ``C = 16`` 0.167), 0.168 (0.183) vs 0.213 ms at (1, 16384, 512) (``C = 32``; ``C = 16``
-    0.178); real (fp32) at (8, 4096, 256), ``C = 8``: 0.080 vs 0.107 ms (thirteenth).
+    ``C = 16`` 0.165), 0.166 (0.183) vs 0.213 ms at (1, 16384, 512) (``C = 32``; ``C = 16``
+    0.176); real (fp32) at (8, 4096, 256), ``C = 8``: 0.080 vs 0.107 ms.
     """
     if interpret or any(v is not None for v in options.values()):
         return 1

@@ -192,7 +192,7 @@ def test_end_state_kernel_is_the_last_state(rng, planes, reverse, conj, ba, spli
     assert_allclose(unplanes(ends), want, n=length)
     with pytest.raises(ValueError, match="whole 32-step tiles"):
         lm.run_ends_mosaic(cfg, ap, tuple(x[:, :24] for x in xp), chunks, reverse)
-    with pytest.raises(ValueError, match="not sequences of 2 >= 2 chunks x 4"):
+    with pytest.raises(ValueError, match=r"not sequences of 2 chunks \(>= 2\) x 4 pieces"):
         lm.run_ends_mosaic(cfg, ap, xp, 2, reverse, split=4)
 
 
