@@ -6,9 +6,15 @@ call synchronised) and device time (``dev``: the summed kernel time of a call, b
 the op costs inside a larger jitted program, and what the floors are compared with):
 
 * ``linear_recurrence`` at (8, 4096, 2048) fp32 and (8, 4096, 1024) complex64 (time-varying
-  ``a``, and time-invariant ``a`` of shape ``(d,)`` as in S5/LRU): pallas vs associative vs
-  chunked, achieved TB/s and the ratio to the HBM floor (forward: read a, b, write h;
-  forward+backward: + read a, h, dh, write da, db; time-invariant: a is not streamed);
+  ``a``, and time-invariant ``a`` of shape ``(d,)`` as in S5/LRU): pallas vs the library's
+  XLA forms (``associative``: ``lax.associative_scan`` forward with this library's custom
+  VJP, the reverse scan; ``chunked``) and the plain JAX ones a user would write
+  (``lax.associative_scan``: the scan over ``(a, b)`` pairs differentiated by autodiff, a
+  time-invariant ``a`` broadcast to ``b``'s shape first as S5's reference code does;
+  ``lax.scan``: ``lax.scan`` over time, unrolled 16 steps), achieved TB/s and the ratio to
+  the HBM floor (forward: read a, b, write h; forward+backward: + read a, h, dh, write da,
+  db; time-invariant: a is not streamed), and each row's speed-up over ``associative``
+  (``assoc/this``) and over ``lax.associative_scan`` (``lax.assoc/this``);
 * ``selective_scan`` at (8, 4096, 4096, 16) bf16 with z, D, dt_bias and softplus: pallas vs
   the XLA forms, exp/s (forward: one exp per (b, l, d, n); forward+backward: two).
 
@@ -117,9 +123,41 @@ def ss_inputs(b, length, d, n, dtype, *, g=1, seed=0, gate=True):
 # ----------------------------------------------------------------------------------------
 
 
+def plain_associative_scan(a, b):
+    """``lax.associative_scan`` over the ``(a, b)`` pairs along time, in the inputs' dtype
+    (complex stays complex), differentiated by JAX's autodiff; a time-invariant ``a``
+    (``(d,)``) broadcast to ``b``'s shape first, as in S5's reference code."""
+
+    def combine(left, right):
+        return right[0] * left[0], right[0] * left[1] + right[1]
+
+    a = jnp.broadcast_to(a, b.shape)
+    return jax.lax.associative_scan(combine, (a, b), axis=1)[1]
+
+
+def plain_scan(a, b, unroll: int = 16):
+    """``lax.scan`` over time (time-major), ``unroll`` steps a loop trip, autodiff."""
+
+    def step(h, ab):
+        h = ab[0] * h + ab[1]
+        return h, h
+
+    a = jnp.broadcast_to(a, b.shape)
+    xs = (a.swapaxes(0, 1), b.swapaxes(0, 1))
+    _, h = jax.lax.scan(step, jnp.zeros_like(b[:, 0]), xs, unroll=unroll)
+    return h.swapaxes(0, 1)
+
+
+PLAIN_JAX = {"lax.associative_scan": plain_associative_scan, "lax.scan": plain_scan}
+
+
 def scan_fns(impl, reverse=False, **kw):
     if impl == "pallas-kernel":
         run = lambda a, b: linear_scan(a, b, reverse=reverse, **kw)
+    elif impl in PLAIN_JAX:
+        if reverse:
+            raise ValueError(f"{impl}: forward scans only")
+        run = PLAIN_JAX[impl]
     else:
         run = lambda a, b: linear_recurrence(a, b, reverse=reverse, implementation=impl)
     fwd = jax.jit(run)
@@ -171,13 +209,15 @@ def bench_scan(
                 floors = (fwd_bytes, bwd_bytes, hbm_tbps)
                 rows.append(bench_scan_planes(a, b, ct, floors, repeats, impl, kw))
     base = {r["impl"]: r for r in rows if "fwd ms" in r}
-    if "pallas" in base and "associative" in base:
-        assoc = base["associative"]
+    for name, label in (("associative", "assoc"), ("lax.associative_scan", "lax.assoc")):
+        if name not in base:
+            continue
+        ref = base[name]
         for r in rows:
             if "fwd ms" in r:
-                r["assoc/this fwd+bwd"] = assoc["fwd+bwd ms"] / r["fwd+bwd ms"]
-            if r.get("fwd+bwd dev ms") and assoc.get("fwd+bwd dev ms"):
-                r["assoc/this fwd+bwd dev"] = assoc["fwd+bwd dev ms"] / r["fwd+bwd dev ms"]
+                r[f"{label}/this fwd+bwd"] = ref["fwd+bwd ms"] / r["fwd+bwd ms"]
+            if r.get("fwd+bwd dev ms") and ref.get("fwd+bwd dev ms"):
+                r[f"{label}/this fwd+bwd dev"] = ref["fwd+bwd dev ms"] / r["fwd+bwd dev ms"]
     return rows
 
 
@@ -586,8 +626,9 @@ def main(argv=None):
     )
     parser.add_argument(
         "--scan-impls",
-        default="pallas,associative,chunked",
-        help="comma-separated linear_recurrence rows; 'pallas:opt=value' the kernel with "
+        default="pallas,associative,chunked,lax.associative_scan,lax.scan",
+        help="comma-separated linear_recurrence rows (its implementations, or the plain JAX "
+        "forms lax.associative_scan and lax.scan); 'pallas:opt=value' the kernel with "
         "options (e.g. pallas:layout=mosaic); complex shapes add a planes row per pallas row",
     )
     parser.add_argument(
@@ -651,8 +692,9 @@ def bench(args):
     if args.scan_shapes:
         scan_shapes = [parse_scan_shape(x) for x in args.scan_shapes.split(",")]
     cols = ["impl", "fwd ms", "fwd+bwd ms", "fwd TB/s", "fwd / floor", "fwd+bwd / floor"]
-    cols += ["assoc/this fwd+bwd", "fwd dev ms", "fwd+bwd dev ms", "fwd dev / floor"]
-    cols += ["fwd+bwd dev / floor", "assoc/this fwd+bwd dev", "err fwd", "err grad", "note"]
+    cols += ["assoc/this fwd+bwd", "lax.assoc/this fwd+bwd", "fwd dev ms", "fwd+bwd dev ms"]
+    cols += ["fwd dev / floor", "fwd+bwd dev / floor", "assoc/this fwd+bwd dev"]
+    cols += ["lax.assoc/this fwd+bwd dev", "err fwd", "err grad", "note"]
     if args.skip_linear:
         scan_shapes = []
     for shape, dtype, lti in scan_shapes:

@@ -305,3 +305,20 @@ def test_bandwidth_jax_rows_interpreted(monkeypatch):
         assert [r["row"] for r in rows] == ["jax xla elementwise", "jax mosaic linear_scan"]
         assert rows[1]["ok"] == "OK" and rows[1]["err"] < 1e-5, rows
         assert rows[0]["dev ms"] is None and "ok" not in rows[0]
+
+
+@pytest.mark.parametrize(("dtype", "lti"), [("float32", False), ("complex64", True)])
+def test_kernels_plain_jax_rows(dtype, lti):
+    """The issue's baselines in ``experiments.bench.kernels``: plain ``lax.associative_scan``
+    (autodiff; a time-invariant ``a`` broadcast) and ``lax.scan`` rows next to the library's
+    associative form, each checked against the sequential reference, with every row's
+    speed-up over both associative forms."""
+    from experiments.bench.kernels import bench_scan
+
+    impls = ("associative", "lax.associative_scan", "lax.scan")
+    rows = bench_scan((2, 64, 32), dtype, 3.35, 2, lti, impls)
+    assert [r["impl"] for r in rows] == list(impls)
+    for r in rows:
+        assert r["err fwd"] < 1e-5 and r["err grad"] < 1e-4, r
+        assert r["lax.assoc/this fwd+bwd"] > 0 and r["assoc/this fwd+bwd"] > 0
+    assert rows[1]["lax.assoc/this fwd+bwd"] == 1.0 and rows[0]["assoc/this fwd+bwd"] == 1.0
