@@ -45,6 +45,7 @@ import numpy as np
 
 from experiments.bench import _harness
 from experiments.bench._harness import device_ms, header, parse_scan_shape, table, time_ms
+from experiments.bench.scan import native_associative, scan_unroll
 from pallas_kernels.linear_scan import linear_scan, linear_scan_planes
 from pallas_kernels.selective_scan import selective_scan as selective_scan_kernel
 from ssmjax.ops import linear_recurrence, selective_scan
@@ -123,32 +124,8 @@ def ss_inputs(b, length, d, n, dtype, *, g=1, seed=0, gate=True):
 # ----------------------------------------------------------------------------------------
 
 
-def plain_associative_scan(a, b):
-    """``lax.associative_scan`` over the ``(a, b)`` pairs along time, in the inputs' dtype
-    (complex stays complex), differentiated by JAX's autodiff; a time-invariant ``a``
-    (``(d,)``) broadcast to ``b``'s shape first, as in S5's reference code."""
-
-    def combine(left, right):
-        return right[0] * left[0], right[0] * left[1] + right[1]
-
-    a = jnp.broadcast_to(a, b.shape)
-    return jax.lax.associative_scan(combine, (a, b), axis=1)[1]
-
-
-def plain_scan(a, b, unroll: int = 16):
-    """``lax.scan`` over time (time-major), ``unroll`` steps a loop trip, autodiff."""
-
-    def step(h, ab):
-        h = ab[0] * h + ab[1]
-        return h, h
-
-    a = jnp.broadcast_to(a, b.shape)
-    xs = (a.swapaxes(0, 1), b.swapaxes(0, 1))
-    _, h = jax.lax.scan(step, jnp.zeros_like(b[:, 0]), xs, unroll=unroll)
-    return h.swapaxes(0, 1)
-
-
-PLAIN_JAX = {"lax.associative_scan": plain_associative_scan, "lax.scan": plain_scan}
+# The plain JAX forms a user would write (autodiff; experiments.bench.scan holds them).
+PLAIN_JAX = {"lax.associative_scan": native_associative, "lax.scan": scan_unroll}
 
 
 def scan_fns(impl, reverse=False, **kw):

@@ -30,21 +30,26 @@ IMPLS = [
 
 
 def native_associative(a, b):
-    """Plain lax.associative_scan in the inputs' own dtype, differentiated by autodiff."""
+    """Plain ``lax.associative_scan`` over the ``(a, b)`` pairs along time, in the inputs'
+    own dtype (complex stays complex), differentiated by autodiff; an ``a`` that broadcasts
+    to ``b`` (e.g. a time-invariant ``(d,)``) is broadcast first, as in S5's reference code."""
 
     def combine(left, right):
         return right[0] * left[0], right[0] * left[1] + right[1]
 
+    a = jnp.broadcast_to(a, b.shape)
     return jax.lax.associative_scan(combine, (a, b), axis=1)[1]
 
 
 def scan_unroll(a, b, unroll=16):
-    """lax.scan over time with the time axis leading and the loop unrolled."""
+    """``lax.scan`` over time with the time axis leading and the loop unrolled (``a``
+    broadcast to ``b`` first), differentiated by autodiff."""
 
     def step(h, ab):
         h = ab[0] * h + ab[1]
         return h, h
 
+    a = jnp.broadcast_to(a, b.shape)
     _, h = jax.lax.scan(
         step, jnp.zeros_like(b[:, 0]), (a.swapaxes(0, 1), b.swapaxes(0, 1)), unroll=unroll
     )
