@@ -75,6 +75,7 @@ from pallas_kernels._linear_scan_kernels import (
     _fwd_kernel,
     _mul_conj,
 )
+from pallas_kernels._linear_scan_lookback import run_bwd_lookback, run_fwd_lookback
 from pallas_kernels._linear_scan_mosaic import BLOCK_D as MOSAIC_BLOCK_D
 from pallas_kernels._linear_scan_mosaic import TILE as MOSAIC_TILE
 from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_fwd_mosaic
@@ -330,6 +331,8 @@ def _scan(cfg: _Config, ap, bp, h0p):
 
 
 def _forward(cfg: _Config, ap, bp, h0p):
+    if cfg.layout == "lookback":
+        return run_fwd_lookback(cfg, ap, bp, h0p)
     if cfg.chunks > 1 and cfg.layout == "mosaic":
         return run_fwd_chunked(cfg, ap, bp, h0p)
     if cfg.chunks > 1:
@@ -345,7 +348,9 @@ def _scan_fwd(cfg: _Config, ap, bp, h0p):
 def _scan_bwd(cfg: _Config, residuals, dhp):
     ap, hp, h0p, b_like = residuals
     run_bwd = _run_bwd
-    if cfg.chunks > 1:
+    if cfg.layout == "lookback":
+        run_bwd = run_bwd_lookback
+    elif cfg.chunks > 1:
         run_bwd = run_bwd_chunked if cfg.layout == "mosaic" else _two_pass_bwd
     dhp = tuple(dh.astype(h.dtype) for dh, h in zip(dhp, hp, strict=True))
     dbp, dap, dh0p = run_bwd(cfg, ap, hp, dhp, h0p, b_like.dtype)
@@ -365,6 +370,9 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 # Public entry point
 # ----------------------------------------------------------------------------------------
 
+
+LOOKBACK_CHUNK = 32  # default steps per chunk of layout="lookback"
+LOOKBACK_MAX_CHUNK = 128  # its chunks are unrolled and kept in registers
 
 MOSAIC_MIN_PROGRAMS = 32  # the fewest Mosaic programs measured faster than Triton
 
@@ -531,9 +539,22 @@ def _run_planes(
             c = auto_mosaic_chunks(batch, d, length, interpret, options)
             if c > 1:
                 layout, chunks = "mosaic", c
-    if layout not in ("channel", "mosaic"):
+    if layout not in ("channel", "mosaic", "lookback"):
         raise NotImplementedError(f"linear_scan: layout={layout!r}")
     mosaic = layout == "mosaic"
+    lookback = layout == "lookback"
+    if lookback:
+        if not time_invariant:
+            raise NotImplementedError("linear_scan: layout='lookback' needs a time-invariant a")
+        if chunks is None:
+            chunks = -(-length // LOOKBACK_CHUNK)
+        if not isinstance(chunks, int) or not 1 <= chunks <= length:
+            raise NotImplementedError(f"linear_scan: chunks={chunks!r} for l={length}")
+        if -(-length // chunks) > LOOKBACK_MAX_CHUNK:
+            raise NotImplementedError(
+                f"linear_scan: layout='lookback' keeps a chunk in registers: at most "
+                f"{LOOKBACK_MAX_CHUNK} steps, got chunks={chunks} for l={length}"
+            )
     if mosaic:
         unroll = unroll or 8
         chunks = 1 if chunks is None else chunks
@@ -544,14 +565,19 @@ def _run_planes(
         )
         if why:
             raise NotImplementedError(f"linear_scan: layout='mosaic': {why}")
-    bd = MOSAIC_BLOCK_D if mosaic else (block_d or _default_block_d(batch, d))
+    if mosaic:
+        bd = MOSAIC_BLOCK_D
+    elif lookback:
+        bd = block_d or min(128, max(8, pl.next_power_of_2(d)))
+    else:
+        bd = block_d or _default_block_d(batch, d)
     if unroll is None:
         unroll = 16 if n == 2 else 32
     if not is_pow2(bd) or not is_pow2(unroll):
         raise NotImplementedError("linear_scan: block_d and unroll must be powers of two")
     if chunks is None:
         chunks = default_chunks(batch, -(-d // bd), length)
-    if not isinstance(chunks, int) or chunks < 1 or length % chunks:
+    if not lookback and (not isinstance(chunks, int) or chunks < 1 or length % chunks):
         raise NotImplementedError(f"linear_scan: chunks={chunks!r} must divide l={length}")
     cfg = _Config(
         chunks=chunks,

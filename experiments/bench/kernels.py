@@ -148,7 +148,13 @@ def scan_fns(impl, reverse=False, **kw):
 
 
 def bench_scan(
-    shape, dtype, hbm_tbps, repeats, lti=False, impls=("pallas", "associative", "chunked")
+    shape,
+    dtype,
+    hbm_tbps,
+    repeats,
+    lti=False,
+    impls=("pallas", "associative", "chunked"),
+    planes_only=False,
 ):
     a, b, ct = scan_inputs(shape, dtype)
     item = jnp.dtype(b.dtype).itemsize
@@ -163,6 +169,8 @@ def bench_scan(
     g_ref = ref_grad(a, b, ct)
     rows = []
     for impl in impls:
+        if planes_only and jnp.iscomplexobj(b) and impl.split(":")[0] == "pallas":
+            continue
         if impl.startswith("pallas:"):  # the kernel called directly with options
             fwd, grad = scan_fns("pallas-kernel", **kernel_options(impl.split(":", 1)[1]))
         else:
@@ -392,7 +400,7 @@ def bench_ss(b, length, d, n, dtype, repeats, impls):
 # ----------------------------------------------------------------------------------------
 
 
-LINEAR_FORMS = ("time-varying", "time-invariant", "two-pass", "mosaic-tv", "mosaic-ti")
+LINEAR_FORMS = ("time-varying", "time-invariant", "two-pass", "mosaic-tv", "mosaic-ti", "lookback")
 
 
 def check(
@@ -419,10 +427,14 @@ def check(
             continue
         shape = (2, length, *state)
         a, b, ct = scan_inputs(shape, dtype, seed=length)
-        if form in ("time-invariant", "mosaic-ti"):
+        if form in ("time-invariant", "mosaic-ti", "lookback"):
             a = a[0, 0]
         chunks = {33: 3, 1000: 8}.get(length, 1) if form == "two-pass" else 1
+        if form == "lookback":  # 1000 steps: 31 chunks of 32 and one of 8
+            chunks = {33: 3, 1000: 32}.get(length, 1)
         layout = "mosaic" if form.startswith("mosaic") else "channel"
+        if form == "lookback":
+            layout = "lookback"
         h0 = jnp.ones((2, *state), jnp.complex64 if dtype == "complex64" else jnp.float32) * 0.3
 
         def run(impl, a, b, h0, rev=rev, chunks=chunks, layout=layout):
@@ -609,6 +621,11 @@ def main(argv=None):
         "options (e.g. pallas:layout=mosaic); complex shapes add a planes row per pallas row",
     )
     parser.add_argument(
+        "--planes-only",
+        action="store_true",
+        help="complex shapes: the kernel's rows on planes only (no complex in and out rows)",
+    )
+    parser.add_argument(
         "--scan-shapes",
         default=None,
         help="comma-separated linear_recurrence shapes instead of the three defaults "
@@ -680,7 +697,9 @@ def bench(args):
             f"\n## linear_recurrence (b, l, d) = {shape}, {dtype}, {kind}; "
             f"floor at {args.hbm_tbps} TB/s"
         )
-        rows = bench_scan(shape, dtype, args.hbm_tbps, repeats, lti, args.scan_impls.split(","))
+        rows = bench_scan(
+            shape, dtype, args.hbm_tbps, repeats, lti, args.scan_impls.split(","), args.planes_only
+        )
         print(table(rows, cols), flush=True)
     if args.skip_ss:
         return
