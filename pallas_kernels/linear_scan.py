@@ -665,6 +665,13 @@ def linear_scan(
         of whole 32-step tiles (``l / chunks`` a multiple of 32) scanned in parallel;
         ``unroll`` (default 8 here) dividing 32; the flattened state is zero-padded to a
         multiple of 128; ``block_d``/``num_warps``/``num_stages`` do not apply.
+        ``"lookback"``: for a time-invariant ``a`` only, the single-read L-parallel scan
+        (:mod:`pallas_kernels._linear_scan_lookback`): ``chunks`` chunks (default
+        ``ceil(l / 32)``; at most 128 steps each, kept in registers; ``l`` need not divide)
+        scanned in parallel, each chunk's start state found by a decoupled look-back over
+        the earlier chunks' published end states, so ``b`` (and ``dh``) are read once;
+        ``block_d`` default 128 (or the padded width below it), ``num_warps``
+        ``block_d // 32``; ``unroll``/``num_stages`` do not apply.
 
     Returns:
       ``h`` of shape ``b.shape`` in ``b``'s dtype (fp32 carry for bf16 inputs); with

@@ -1,0 +1,102 @@
+"""Configurations of ``linear_scan(..., layout="lookback")`` on device time, beside the
+automatic layout and plain ``lax.associative_scan``, each checked in the same run.
+
+Complex time-invariant planes (what the S5/LRU layers call): forward and forward+backward
+device ms (CUPTI kernel sums) and the ratio of plain ``lax.associative_scan``'s
+forward+backward to each row's. Lean on purpose (device time only, one compile per row):
+
+    python -m experiments.bench.lookback --shape 8x4096x256 \\
+        --configs auto,32/128/4,32/256/4,32/256/2,16/256/2
+
+A config is ``T/block_d/num_warps`` (``chunks = l / T``); ``auto`` the library's default;
+``triton`` the Pallas-Triton kernels with their default chunks (the two-pass scan on small
+grids: what GPUs other than Hopper get).
+"""
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.bench._harness import device_ms, header, table
+from experiments.bench.scan import native_associative
+from pallas_kernels.linear_scan import linear_scan_planes
+
+
+def _grad(run, cp):
+    def loss(ap, bp):
+        h_re, h_im = run(ap, bp)
+        return jnp.sum(h_re * cp[0] - h_im * cp[1])
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="8x4096x256", help="batch x l x d (complex)")
+    parser.add_argument("--configs", default="auto,32/128/4,32/256/4,32/256/2,16/256/2")
+    args = parser.parse_args(argv)
+    print(header("python -m experiments.bench.lookback " + " ".join(argv or sys.argv[1:])))
+    batch, length, d = (int(x) for x in args.shape.split("x"))
+    keys = jax.random.split(jax.random.key(0), 5)
+    mag = jax.random.uniform(keys[0], (d,), minval=0.5, maxval=0.999)
+    phase = jax.random.uniform(keys[1], (d,), maxval=np.pi)
+    ap = (mag * jnp.cos(phase), mag * jnp.sin(phase))
+    bp = tuple(jax.random.normal(k, (batch, length, d)) for k in keys[2:4])
+    cp = (jax.random.normal(keys[4], (batch, length, d)), jnp.cos(bp[0]))
+
+    def plain(ap, bp):
+        h = native_associative(jax.lax.complex(*ap), jax.lax.complex(*bp))
+        return jnp.real(h), jnp.imag(h)
+
+    ref_f, ref_g = jax.jit(plain), _grad(plain, cp)
+    h_ref, g_ref = ref_f(ap, bp), ref_g(ap, bp)
+    rows = [
+        {
+            "config": "lax.associative_scan",
+            "fwd dev ms": device_ms(ref_f, ap, bp),
+            "fwd+bwd dev ms": device_ms(ref_g, ap, bp),
+        }
+    ]
+    for cfg in args.configs.split(","):
+        if cfg == "auto":
+            kw = {}
+        elif cfg == "triton":  # the Triton kernels with their default (two-pass) chunks
+            kw = dict(layout="channel")
+        else:
+            t, bd, nw = (int(x) for x in cfg.split("/"))
+            kw = dict(layout="lookback", chunks=-(-length // t), block_d=bd, num_warps=nw)
+        run = lambda ap, bp, kw=kw: linear_scan_planes(ap, bp, **kw)
+        f, g = jax.jit(run), _grad(run, cp)
+        try:
+            h, gr = f(ap, bp), g(ap, bp)
+        except Exception as e:  # a config the compiler rejects
+            rows.append({"config": cfg, "note": f"{type(e).__name__}: {str(e)[:90]}"})
+            print(rows[-1], flush=True)
+            continue
+        err = lambda x, y: float(jnp.max(jnp.abs(x - y)) / jnp.max(jnp.abs(y)))
+        rows.append(
+            {
+                "config": cfg,
+                "fwd dev ms": device_ms(f, ap, bp),
+                "fwd+bwd dev ms": device_ms(g, ap, bp),
+                "err fwd": max(err(x, y) for x, y in zip(h, h_ref, strict=True)),
+                "err grad": max(
+                    err(x, y)
+                    for x, y in zip(jax.tree.leaves(gr), jax.tree.leaves(g_ref), strict=True)
+                ),
+            }
+        )
+        print(rows[-1], flush=True)
+    base = rows[0]["fwd+bwd dev ms"]
+    for r in rows:
+        if base and r.get("fwd+bwd dev ms"):
+            r["lax.assoc/this fwd+bwd dev"] = base / r["fwd+bwd dev ms"]
+    cols = ["config", "fwd dev ms", "fwd+bwd dev ms", "lax.assoc/this fwd+bwd dev"]
+    print(table(rows, [*cols, "err fwd", "err grad", "note"]))
+
+
+if __name__ == "__main__":
+    main()
