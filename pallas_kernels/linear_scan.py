@@ -54,6 +54,13 @@ Design (one kernel forward, one fused kernel backward):
   chunk carrying its start state in from those end states itself; for grids
   too small to fill the GPU: the default for time-invariant scans below 32 programs
   (:func:`auto_mosaic_chunks`; BENCHMARKS.md, eleventh to thirteenth sessions).
+* ``layout="lookback"`` (opt-in, time-invariant ``a``): the single-read L-parallel scan
+  (:mod:`pallas_kernels._linear_scan_lookback`, Triton): every chunk read once and kept in
+  registers while its start state is found by a decoupled look-back over the earlier chunks'
+  published end states. Fewest bytes, but on the H100 slower than the L-parallel Mosaic
+  scan (forward+backward 0.182 vs 0.157 ms at (8, 4096, 256) complex; 1.16x faster than the
+  Triton two-pass scan there; BENCHMARKS.md, sixteenth session), so never chosen
+  automatically.
 
 The reference this is tested against is ``ssmjax.ops.linear_recurrence(...,
 implementation="sequential")``.

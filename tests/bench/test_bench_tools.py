@@ -326,3 +326,29 @@ def test_kernels_plain_jax_rows(dtype, lti):
         assert r["err fwd"] < rtol_fwd and r["err grad"] < rtol_grad, r
         assert r["lax.assoc/this fwd+bwd"] > 0 and r["assoc/this fwd+bwd"] > 0
     assert rows[1]["lax.assoc/this fwd+bwd"] == 1.0 and rows[0]["assoc/this fwd+bwd"] == 1.0
+
+
+@pytest.mark.parametrize("planes_only", [False, True])
+def test_kernels_planes_only_drops_complex_kernel_rows(planes_only):
+    """``--planes-only``: a complex shape's kernel rows only on planes (on this CPU both kernel
+    rows fail to compile and say so; the XLA row is there either way)."""
+    from experiments.bench.kernels import bench_scan
+
+    impls = ("pallas:layout=lookback", "associative")
+    rows = bench_scan((1, 16, 8), "complex64", 3.35, 1, True, impls, planes_only)
+    names = [r["impl"] for r in rows]
+    kernel_row = ["pallas:layout=lookback"] if not planes_only else []
+    assert names == [*kernel_row, "associative", "pallas:layout=lookback planes"]
+    assert all("GPU" in r["note"] for r in rows if r["impl"].startswith("pallas")), rows
+
+
+def test_lookback_bench_reports_each_config(capsys):
+    """``experiments.bench.lookback``: the plain baseline row, then one row per config (here
+    each says why it cannot run on a CPU)."""
+    from experiments.bench.lookback import main
+
+    main(["--shape", "1x16x8", "--configs", "auto,triton,8/8/1"])
+    out = capsys.readouterr().out
+    for cfg in ("| lax.associative_scan |", "| auto |", "| triton |", "| 8/8/1 |"):
+        assert cfg in out
+    assert out.count("needs a GPU") == 6  # printed as each row is made, then in the table
