@@ -35,6 +35,11 @@ The backward is the same kernel run the other way in time on the adjoint
 ``dh0 = conj(a) g_0``. HBM traffic: forward ``b`` in, ``h`` out; backward ``dh``, ``h`` in,
 ``db`` out, the fewest a scan can move. Lengths need not be a multiple of ``T``: the last
 chunk's missing rows load as zeros and are not stored.
+
+Measured on the H100 (BENCHMARKS.md, sixteenth session): correct, but its forward moves
+its bytes at ~1.7 TB/s (rows loaded one 4-byte element per thread, the chunk held in
+registers, then the wait), so it is slower than the two-read L-parallel Mosaic scan; it is
+used only when asked for (``layout="lookback"``).
 """
 
 import functools
@@ -118,6 +123,16 @@ def _kernel(
     interpret,
     inclusive_every,
 ):
+    """One chunk of ``chunk`` steps of ``block_d`` channels of one sequence, picked by ticket.
+
+    Refs (lists of ``n_planes`` planes): inputs ``a`` ``(Ba, d)``, ``x`` ``(batch, l, d)``
+    (``b``, or ``dh`` when ``adjoint``), ``h`` ``(batch, l, d)`` (``adjoint`` only: the
+    forward's output, for ``da``), ``h0`` ``(batch, d)``, the counter ``(1,)`` and status
+    ``(2 * n_planes, n_chunks, batch, d)`` inputs; outputs ``y`` ``(batch, l, d)`` (``h`` or
+    ``db``), ``da`` ``(n_chunks, batch, d)`` and ``dh0`` ``(batch, d)`` (``adjoint`` only),
+    then the counter and status (aliased to those inputs; status rows ``q`` hold plane
+    ``q``'s aggregates, rows ``n_planes + q`` its inclusive end states).
+    """
     from jax.experimental.pallas import triton as plt
 
     p, T, bd = n_planes, chunk, block_d
