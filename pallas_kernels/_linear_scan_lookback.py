@@ -50,6 +50,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels._linear_scan_kernels import _add, _mul, _mul_conj
+from pallas_kernels._linear_scan_mosaic import _pow
 
 __all__ = ["INCLUSIVE_EVERY", "SPIN_LIMIT", "run_bwd_lookback", "run_fwd_lookback"]
 
@@ -70,18 +71,6 @@ def _encode(x):
 
 def _decode(w):
     return lax.bitcast_convert_type(w ^ _FLIP, _F32)
-
-
-def _pow(x, k: int):
-    """``x ** k`` (plane list, static ``k >= 1``) by repeated squaring."""
-    result, base = None, x
-    while k:
-        if k & 1:
-            result = base if result is None else _mul(result, base)
-        k >>= 1
-        if k:
-            base = _mul(base, base)
-    return result
 
 
 def _index(idx):

@@ -578,7 +578,7 @@ def _run_planes(
         bd = block_d or min(128, max(8, pl.next_power_of_2(d)))
     else:
         bd = block_d or _default_block_d(batch, d)
-    if unroll is None:
+    if unroll is None or lookback:  # the look-back scan unrolls whole chunks itself
         unroll = 16 if n == 2 else 32
     if not is_pow2(bd) or not is_pow2(unroll):
         raise NotImplementedError("linear_scan: block_d and unroll must be powers of two")

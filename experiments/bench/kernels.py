@@ -430,11 +430,9 @@ def check(
         if form in ("time-invariant", "mosaic-ti", "lookback"):
             a = a[0, 0]
         chunks = {33: 3, 1000: 8}.get(length, 1) if form == "two-pass" else 1
-        if form == "lookback":  # 1000 steps: 31 chunks of 32 and one of 8
-            chunks = {33: 3, 1000: 32}.get(length, 1)
         layout = "mosaic" if form.startswith("mosaic") else "channel"
-        if form == "lookback":
-            layout = "lookback"
+        if form == "lookback":  # 1000 steps: 31 chunks of 32 and one of 8
+            chunks, layout = {33: 3, 1000: 32}.get(length, 1), "lookback"
         h0 = jnp.ones((2, *state), jnp.complex64 if dtype == "complex64" else jnp.float32) * 0.3
 
         def run(impl, a, b, h0, rev=rev, chunks=chunks, layout=layout):
