@@ -61,6 +61,13 @@ Design (one kernel forward, one fused kernel backward):
   scan (forward+backward 0.182 vs 0.157 ms at (8, 4096, 256) complex; 1.16x faster than the
   Triton two-pass scan there; BENCHMARKS.md, sixteenth session), so never chosen
   automatically.
+* ``layout="mosaic_lookback"`` (time-invariant ``a``; Hopper): the same single-read schedule
+  as a Pallas Mosaic GPU kernel (:mod:`pallas_kernels._linear_scan_lookback_mosaic`): every
+  chunk (default 64 steps) staged once by TMA into shared memory, the ticket and the status
+  words in PTX through ``plgpu.inline_mgpu``. On the H100 forward+backward 0.146 ms at
+  (8, 4096, 256) complex, against 0.157 for the L-parallel Mosaic scan; the automatic
+  choice for complex planes where that scan would be taken (:func:`auto_lookback`;
+  BENCHMARKS.md, seventeenth session).
 
 The reference this is tested against is ``ssmjax.ops.linear_recurrence(...,
 implementation="sequential")``.
@@ -83,6 +90,11 @@ from pallas_kernels._linear_scan_kernels import (
     _mul_conj,
 )
 from pallas_kernels._linear_scan_lookback import run_bwd_lookback, run_fwd_lookback
+from pallas_kernels._linear_scan_lookback_mosaic import (
+    run_bwd_lookback_mosaic,
+    run_fwd_lookback_mosaic,
+)
+from pallas_kernels._linear_scan_lookback_mosaic import supported as lookback_mosaic_supported
 from pallas_kernels._linear_scan_mosaic import BLOCK_D as MOSAIC_BLOCK_D
 from pallas_kernels._linear_scan_mosaic import TILE as MOSAIC_TILE
 from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_fwd_mosaic
@@ -340,6 +352,8 @@ def _scan(cfg: _Config, ap, bp, h0p):
 def _forward(cfg: _Config, ap, bp, h0p):
     if cfg.layout == "lookback":
         return run_fwd_lookback(cfg, ap, bp, h0p)
+    if cfg.layout == "mosaic_lookback":
+        return run_fwd_lookback_mosaic(cfg, ap, bp, h0p, _lookback_chunk(cfg, bp[0].shape[1]))
     if cfg.chunks > 1 and cfg.layout == "mosaic":
         return run_fwd_chunked(cfg, ap, bp, h0p)
     if cfg.chunks > 1:
@@ -357,6 +371,10 @@ def _scan_bwd(cfg: _Config, residuals, dhp):
     run_bwd = _run_bwd
     if cfg.layout == "lookback":
         run_bwd = run_bwd_lookback
+    elif cfg.layout == "mosaic_lookback":
+        run_bwd = functools.partial(
+            run_bwd_lookback_mosaic, chunk=_lookback_chunk(cfg, hp[0].shape[1])
+        )
     elif cfg.chunks > 1:
         run_bwd = run_bwd_chunked if cfg.layout == "mosaic" else _two_pass_bwd
     dhp = tuple(dh.astype(h.dtype) for dh, h in zip(dhp, hp, strict=True))
@@ -379,6 +397,16 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
 LOOKBACK_CHUNK = 32  # default steps per chunk of layout="lookback"
+MOSAIC_LOOKBACK_CHUNK = 64  # default steps per chunk of layout="mosaic_lookback"
+
+
+def _lookback_chunk(cfg: _Config, length: int) -> int:
+    """Steps per chunk of ``layout="mosaic_lookback"``: ``l / chunks`` rounded up to whole
+    ``MOSAIC_TILE``-step tiles."""
+    chunk = -(-length // cfg.chunks)
+    return -(-chunk // MOSAIC_TILE) * MOSAIC_TILE
+
+
 LOOKBACK_MAX_CHUNK = 128  # its chunks are unrolled and kept in registers
 
 MOSAIC_MIN_PROGRAMS = 32  # the fewest Mosaic programs measured faster than Triton
@@ -438,6 +466,21 @@ def auto_mosaic_chunks(batch: int, d: int, length: int, interpret: bool, options
         return 1
     why = mosaic_supported(d, 8, chunks, interpret, lti=True, length=length)
     return chunks if why is None else 1
+
+
+def auto_lookback(length: int, d: int, dtype) -> bool:
+    """Whether ``layout=None`` takes the Mosaic GPU look-back scan
+    (``layout="mosaic_lookback"``, default chunks) where :func:`auto_mosaic_chunks` would
+    take the L-parallel Mosaic scan: for complex planes (the only ones timed), when the
+    kernel supports the call. On the H100 (BENCHMARKS.md, seventeenth session; device time,
+    forward+backward, complex time-invariant planes) it beat that scan at every grid below
+    32 programs timed: (8, 4096, 256) 0.146 vs 0.157 ms, (4, 8192, 256) 0.149 vs 0.162,
+    (1, 16384, 512) 0.149 vs 0.164; at 64 programs (32, 1024, 256) the single-pass Mosaic
+    scan stays faster (0.126 vs 0.139), and is what ``auto_layout`` picks there."""
+    del length  # any length: the last chunk is padded
+    d_mosaic = -(-d // MOSAIC_BLOCK_D) * MOSAIC_BLOCK_D
+    row_bytes = 2 * 2 * jnp.dtype(dtype).itemsize  # the backward stages dh and h planes
+    return lookback_mosaic_supported(d_mosaic, MOSAIC_TILE, row_bytes, False) is None
 
 
 def default_chunks(batch: int, blocks: int, length: int) -> int:
@@ -544,12 +587,31 @@ def _run_planes(
         layout = auto_layout(batch, d, interpret, options)
         if layout == "channel" and time_invariant:
             c = auto_mosaic_chunks(batch, d, length, interpret, options)
-            if c > 1:
+            if c > 1 and n == 2 and auto_lookback(length, d, bp[0].dtype):
+                layout = "mosaic_lookback"  # complex: measured faster than the chunked scan
+            elif c > 1:
                 layout, chunks = "mosaic", c
-    if layout not in ("channel", "mosaic", "lookback"):
+    if layout not in ("channel", "mosaic", "lookback", "mosaic_lookback"):
         raise NotImplementedError(f"linear_scan: layout={layout!r}")
+    if layout == "mosaic_lookback":
+        if not time_invariant:
+            raise NotImplementedError(
+                "linear_scan: layout='mosaic_lookback' needs a time-invariant a"
+            )
+        if chunks is None:
+            chunks = -(-length // MOSAIC_LOOKBACK_CHUNK)
+        if not isinstance(chunks, int) or not 1 <= chunks <= length:
+            raise NotImplementedError(f"linear_scan: chunks={chunks!r} for l={length}")
+        d_mosaic = -(-d // MOSAIC_BLOCK_D) * MOSAIC_BLOCK_D
+        # (Chunks longer than shared memory holds are shortened by the kernel: one tile must
+        # fit.)
+        row_bytes = 2 * n * bp[0].dtype.itemsize  # the backward stages dh and h
+        why = lookback_mosaic_supported(d_mosaic, MOSAIC_TILE, row_bytes, interpret)
+        if why:
+            raise NotImplementedError(f"linear_scan: layout='mosaic_lookback': {why}")
     mosaic = layout == "mosaic"
     lookback = layout == "lookback"
+    mosaic_lookback = layout == "mosaic_lookback"
     if lookback:
         if not time_invariant:
             raise NotImplementedError("linear_scan: layout='lookback' needs a time-invariant a")
@@ -572,19 +634,21 @@ def _run_planes(
         )
         if why:
             raise NotImplementedError(f"linear_scan: layout='mosaic': {why}")
-    if mosaic:
+    if mosaic or mosaic_lookback:
         bd = MOSAIC_BLOCK_D
     elif lookback:
         bd = block_d or min(128, max(8, pl.next_power_of_2(d)))
     else:
         bd = block_d or _default_block_d(batch, d)
-    if unroll is None or lookback:  # the look-back scan unrolls whole chunks itself
+    if unroll is None or lookback or mosaic_lookback:  # these unroll whole chunks themselves
         unroll = 16 if n == 2 else 32
     if not is_pow2(bd) or not is_pow2(unroll):
         raise NotImplementedError("linear_scan: block_d and unroll must be powers of two")
     if chunks is None:
         chunks = default_chunks(batch, -(-d // bd), length)
-    if not lookback and (not isinstance(chunks, int) or chunks < 1 or length % chunks):
+    if not (lookback or mosaic_lookback) and (
+        not isinstance(chunks, int) or chunks < 1 or length % chunks
+    ):
         raise NotImplementedError(f"linear_scan: chunks={chunks!r} must divide l={length}")
     cfg = _Config(
         chunks=chunks,
@@ -662,7 +726,8 @@ def linear_scan(
       layout: ``None`` (default): :func:`auto_layout` (``"mosaic"`` on an H100/H200 when
         none of the launch options above is given, the flattened state size is a multiple
         of 128 and ``batch * d / 128 >= 32``; below that, for a time-invariant ``a``, the
-        L-parallel Mosaic scan where :func:`auto_mosaic_chunks` finds chunks;
+        L-parallel Mosaic scan where :func:`auto_mosaic_chunks` finds chunks (for complex
+        planes the Mosaic look-back scan there, :func:`auto_lookback`);
         else ``"channel"``).
         ``"channel"``: the Pallas-Triton kernels above. ``"mosaic"``: Pallas Mosaic GPU
         kernels, one channel per thread of a 128-thread warpgroup, the sequences staged by
@@ -679,6 +744,14 @@ def linear_scan(
         the earlier chunks' published end states, so ``b`` (and ``dh``) are read once;
         ``block_d`` default 128 (or the padded width below it), ``num_warps``
         ``block_d // 32``; ``unroll``/``num_stages`` do not apply.
+        ``"mosaic_lookback"``: the same single-read look-back scan as a Pallas Mosaic GPU
+        kernel (:mod:`pallas_kernels._linear_scan_lookback_mosaic`; compute capability 9.0,
+        time-invariant ``a``): chunks of ``ceil(l / chunks)`` steps rounded up to whole
+        32-step tiles (default ``chunks = ceil(l / 64)``; fewer steps where the staged chunk
+        would not fit in shared memory), each staged once by TMA; the flattened state is
+        zero-padded to a multiple of 128; ``block_d``/``unroll``/``num_warps``/
+        ``num_stages`` do not apply. Taken by ``layout=None`` for complex planes where the
+        L-parallel Mosaic scan would be (:func:`auto_lookback`).
 
     Returns:
       ``h`` of shape ``b.shape`` in ``b``'s dtype (fp32 carry for bf16 inputs); with

@@ -10,7 +10,12 @@ forward+backward to each row's. Lean on purpose (device time only, one compile p
 
 A config is ``T/block_d/num_warps`` (``chunks = l / T``); ``auto`` the library's default;
 ``triton`` the Pallas-Triton kernels with their default chunks (the two-pass scan on small
-grids: what GPUs other than Hopper get).
+grids: what GPUs other than Hopper get); ``m<T>`` the Mosaic GPU look-back scan
+(``layout="mosaic_lookback"``) with chunks of ``T`` steps (fewer where the staged chunk
+would not fit), ``m<T>p<k>`` its persistent form (``k`` programs per SM looping over the
+tickets, the next chunk staged while one is scanned), and a suffix ``e<k>``: only every
+``k``-th chunk publishes its inclusive end state (the look-back's accumulation path,
+checked on the device).
 """
 
 import argparse
@@ -20,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import pallas_kernels._linear_scan_lookback_mosaic as lookback_mosaic
+from experiments.bench import _harness
 from experiments.bench._harness import device_ms, header, table
 from experiments.bench.scan import native_associative
 from pallas_kernels.linear_scan import linear_scan_planes
@@ -37,7 +44,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="8x4096x256", help="batch x l x d (complex)")
     parser.add_argument("--configs", default="auto,32/128/4,32/256/4,32/256/2,16/256/2")
+    parser.add_argument(
+        "--kernel-times", action="store_true", help="also print each kernel's device time"
+    )
     args = parser.parse_args(argv)
+    _harness.KERNEL_TIMES = args.kernel_times
     print(header("python -m experiments.bench.lookback " + " ".join(argv or sys.argv[1:])))
     batch, length, d = (int(x) for x in args.shape.split("x"))
     keys = jax.random.split(jax.random.key(0), 5)
@@ -61,7 +72,15 @@ def main(argv=None):
         }
     ]
     for cfg in args.configs.split(","):
-        if cfg == "auto":
+        lookback_mosaic.INCLUSIVE_EVERY = 1
+        lookback_mosaic.PROGRAMS_PER_SM = 0
+        if cfg.startswith("m"):
+            rest, _, every = cfg[1:].partition("e")
+            t, _, per_sm = rest.partition("p")
+            lookback_mosaic.INCLUSIVE_EVERY = int(every or 1)
+            lookback_mosaic.PROGRAMS_PER_SM = int(per_sm or 0)
+            kw = dict(layout="mosaic_lookback", chunks=-(-length // int(t)))
+        elif cfg == "auto":
             kw = {}
         elif cfg == "triton":  # the Triton kernels with their default (two-pass) chunks
             kw = dict(layout="channel")

@@ -2,6 +2,7 @@
 
 import pytest
 
+import pallas_kernels._linear_scan_lookback_mosaic as lbm
 import pallas_kernels._linear_scan_mosaic as lm
 import pallas_kernels._selective_scan_mosaic as ssm
 import pallas_kernels._selective_scan_mosaic_bwd as ssb
@@ -15,5 +16,5 @@ def hopper(monkeypatch):
     Mosaic kernel's device check true (lowering for CUDA needs no GPU)."""
     for module in (ls, ssk):
         monkeypatch.setattr(module, "check_backend", lambda *a: None)
-    for module in (lm, ssm, ssb):
+    for module in (lm, lbm, ssm, ssb):
         monkeypatch.setattr(module, "on_hopper", lambda: True)

@@ -436,9 +436,10 @@ def test_auto_mosaic_chunks_rule(monkeypatch):
 
 
 def test_auto_small_grid_is_chunked_mosaic(hopper):
-    """``linear_scan_planes`` and ``linear_scan`` (real) with a time-invariant ``a`` on 16
-    programs: the L-parallel Mosaic scan (two Mosaic kernels forward, four for the
-    gradient), no Triton; a time-varying ``a`` there stays with Triton."""
+    """With a time-invariant ``a`` on 16 programs: ``linear_scan_planes`` (complex) takes the
+    Mosaic look-back scan (one Mosaic kernel forward, two for the gradient, no Triton; no
+    end-state kernel), ``linear_scan`` (real) the L-parallel Mosaic scan (two forward, four
+    for the gradient); a time-varying ``a`` there stays with Triton."""
     sds = jax.ShapeDtypeStruct
     b = (sds((8, 4096, 256), jnp.float32),) * 2
     f = lambda a, b: linear_scan_planes(a, b)
@@ -449,9 +450,11 @@ def test_auto_small_grid_is_chunked_mosaic(hopper):
 
     a = (sds((256,), jnp.float32),) * 2
     text = lowered(f, a, b)
-    assert text.count(MOSAIC) == 2 and TRITON not in text
+    assert text.count(MOSAIC) == 1 and TRITON not in text
+    assert "linear_scan_lookback_mosaic" in text and "ends_mosaic" not in text
     text = lowered(grad, a, b)
-    assert text.count(MOSAIC) == 4 and TRITON not in text
+    assert text.count(MOSAIC) == 2 and TRITON not in text
+    assert "linear_scan_lookback_mosaic_bwd" in text
     text = lowered(f, b, b)  # time-varying a
     assert MOSAIC not in text and TRITON in text
     text = lowered(lambda a, b: linear_scan(a, b), a[0], b[0])  # real
