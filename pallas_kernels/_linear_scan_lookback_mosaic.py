@@ -144,7 +144,6 @@ class _Interpret:
     def look_back(self, status_ref, k0, rows_of, cols, big_a, h0, spin_limit):
         """``start = sum_m A^m v_{k0-m}`` over the chunks back to the first inclusive one
         (``+ A^(k0+1) h0`` when none is)."""
-        p = len(h0)
         zeros = [x * 0.0 for x in h0]
         one = [zeros[0] + 1.0, *zeros[1:]]
 
@@ -172,7 +171,6 @@ class _Interpret:
 
         init = (k0, zeros, one, jnp.zeros(h0[0].shape, _I32), jnp.asarray(0, _I32))
         _, acc, mult, done, _ = lax.while_loop(cond, body, init)
-        del p
         return [jnp.where(done > 0, x, x + y) for x, y in zip(acc, _mul(mult, h0), strict=True)]
 
 
