@@ -61,7 +61,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-from pallas_kernels._linear_scan_mosaic import TILE, _add, _mix, _mul, _pow
+from pallas_kernels._linear_scan_mosaic import TILE, _add, _mix, _mul, _pad, _pow, _unpad
 from pallas_kernels._mosaic_common import BLOCK_D, SMEM_BYTES, on_hopper, plgpu
 
 __all__ = [
@@ -579,21 +579,6 @@ def _sm_count() -> int:
     return int(getattr(jax.devices()[0], "core_count", 132) or 132)
 
 
-def _pad(x, pad: int, reverse: bool):
-    """Pad the time axis (1) to whole chunks on the side the forward scans last."""
-    if pad == 0:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[1] = (pad, 0) if reverse else (0, pad)
-    return jnp.pad(x, widths)
-
-
-def _unpad(x, length: int, pad: int, reverse: bool):
-    if pad == 0:
-        return x
-    return x[:, pad:] if reverse else x[:, :length]
-
-
 def _call(cfg, ap, xp, hpp, h0p, adjoint: bool, out_dtype, chunk: int, programs_per_sm: int = 0):
     batch, length, d = xp[0].shape
     p = len(xp)
@@ -605,7 +590,7 @@ def _call(cfg, ap, xp, hpp, h0p, adjoint: bool, out_dtype, chunk: int, programs_
         raise NotImplementedError(f"a {TILE}-step tile of {row_bytes} bytes a row does not fit")
     n_chunks = -(-length // chunk)
     pad = n_chunks * chunk - length
-    xp = tuple(_pad(v, pad, cfg.reverse) for v in xp)
+    xp = tuple(_pad(v, pad, cfg.reverse) for v in xp)  # (whole chunks, on the side scanned last)
     hpp = tuple(_pad(v, pad, cfg.reverse) for v in hpp)
     lp = length + pad
     interpret = cfg.interpret
