@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import pallas_kernels._linear_scan_lookback_mosaic as lookback_mosaic
 from experiments.bench import _harness
 from experiments.bench._harness import device_ms, header, parse_scan_shape, table, time_ms
 from experiments.bench.scan import native_associative, scan_unroll
@@ -400,14 +401,25 @@ def bench_ss(b, length, d, n, dtype, repeats, impls):
 # ----------------------------------------------------------------------------------------
 
 
-LINEAR_FORMS = ("time-varying", "time-invariant", "two-pass", "mosaic-tv", "mosaic-ti", "lookback")
+LINEAR_FORMS = (
+    "time-varying",
+    "time-invariant",
+    "two-pass",
+    "mosaic-tv",
+    "mosaic-ti",
+    "lookback",
+    "mosaic-lookback",
+    "mosaic-lookback-agg",
+)
 
 
 def check(
     skip_linear=False, linear_forms=LINEAR_FORMS, skip_ss=False, ss_impls=("pallas",), ss_cases=None
 ):
     """On-device correctness cases; ``linear_forms``: a subset of ``LINEAR_FORMS`` (the
-    ``mosaic-*`` forms run ``layout="mosaic"`` on 256 channels, Hopper only); ``ss_impls``:
+    ``mosaic-*`` forms run on 256 channels, Hopper only: ``layout="mosaic"``, or
+    ``"mosaic_lookback"`` for ``mosaic-lookback``, where with ``-agg`` only every third chunk
+    publishes its inclusive state, so look-backs add up aggregates on the GPU); ``ss_impls``:
     the selective-scan rows checked (``"pallas"``, or ``"pallas:opts"`` the kernel called
     with options); ``ss_cases``: indices of the selective-scan cases to run (all if
     ``None``)."""
@@ -427,12 +439,15 @@ def check(
             continue
         shape = (2, length, *state)
         a, b, ct = scan_inputs(shape, dtype, seed=length)
-        if form in ("time-invariant", "mosaic-ti", "lookback"):
+        if form in ("time-invariant", "mosaic-ti") or "lookback" in form:
             a = a[0, 0]
         chunks = {33: 3, 1000: 8}.get(length, 1) if form == "two-pass" else 1
         layout = "mosaic" if form.startswith("mosaic") else "channel"
         if form == "lookback":  # 1000 steps: 31 chunks of 32 and one of 8
             chunks, layout = {33: 3, 1000: 32}.get(length, 1), "lookback"
+        if form.startswith("mosaic-lookback"):  # 1000 steps: 16 chunks of 64 (24 padded)
+            chunks, layout = {33: 2, 1000: 16}.get(length, 1), "mosaic_lookback"
+        lookback_mosaic.INCLUSIVE_EVERY = 3 if form == "mosaic-lookback-agg" else 1
         h0 = jnp.ones((2, *state), jnp.complex64 if dtype == "complex64" else jnp.float32) * 0.3
 
         def run(impl, a, b, h0, rev=rev, chunks=chunks, layout=layout):
@@ -454,6 +469,7 @@ def check(
             f"  {dtype:<9} l={length:<5} rev={rev!s:<5} s={state!s:<7} {form:<14}: "
             f"{e_f:.1e} / {e_g:.1e} " + ("ok" if good else "FAIL")
         )
+    lookback_mosaic.INCLUSIVE_EVERY = 1
     if not skip_ss:
         ok &= _check_ss(ss_impls, ss_cases)
     print(f"\nchecks: {'ALL OK' if ok else 'SOME FAILED'}", flush=True)
