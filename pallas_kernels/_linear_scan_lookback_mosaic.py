@@ -77,6 +77,10 @@ _F32 = jnp.float32
 _I32 = jnp.int32
 CHUNK = 64  # steps per chunk (a multiple of TILE)
 SPIN_LIMIT = 1 << 24  # polls without progress before a look-back gives up (NaN state)
+# Chunks a compiled look-back trip polls at once (their words loaded together, then taken in
+# order): 1, the form measured on the H100; > 1 (opt-in, lowered but not yet run on a GPU)
+# would cut a walk over n published aggregates from n L2 round trips to ~n / window.
+LOOK_BACK_WINDOW = 1
 # Chunks c with c % INCLUSIVE_EVERY == 0 publish their inclusive end state (1: all). Tests
 # raise it so that look-backs must add up aggregates.
 INCLUSIVE_EVERY = 1
@@ -273,7 +277,8 @@ class _Compiled:
 
     def look_back(self, status_ref, k0, rows_of, cols, big_a, h0, spin_limit, *, d):
         """The interpreter's look-back as one ``scf.while`` per thread, polling its channel's
-        words with ``ld.relaxed.gpu`` (an L2 read every poll)."""
+        words with ``ld.relaxed.gpu`` (L2 reads), ``LOOK_BACK_WINDOW`` chunks a trip (the same
+        sum as the interpreter's chunk-at-a-time walk)."""
         from jax.experimental.mosaic import gpu as mgpu
         from jax.experimental.mosaic.gpu import utils as mu
         from jaxlib.mlir import ir
@@ -285,6 +290,7 @@ class _Compiled:
         row_step = rows_of(1, False)[0] - ag0[0]
         base = [r * d + cols.start for r in (*ag0, *inc0)]
         step = row_step * d
+        window_size = LOOK_BACK_WINDOW
 
         @plgpu.inline_mgpu(
             arg_types=(
@@ -353,22 +359,65 @@ class _Compiled:
             after = loop.after.blocks.append(*types)
             with ir.InsertionPoint.at_block_begin(after):
                 args = list(after.arguments)
-                k, acc, mult, spins = args[0], args[1 : 1 + p], args[1 + p : 1 + 2 * p], args[-2]
-                kk = arith.muli(k, kst)
-                ag = [load(arith.addi(o, kk)) for o in offs[:p]]
-                inc = [load(arith.addi(o, kk)) for o in offs[p:]]
-                inc_ok, ag_ok = all_set(inc), all_set(ag)
-                ready = arith.ori(inc_ok, ag_ok)
-                words = sel(inc_ok, inc, ag)
-                val = [arith.bitcast(f32, arith.xori(w, mu.c(-1, i32))) for w in words]
-                added = [arith.addf(x, y) for x, y in zip(acc, cmul(mult, val), strict=True)]
-                acc = sel(ready, added, acc)
-                mult = sel(ready, cmul(mult, A), mult)
-                one_i = arith.extui(i32, ready)
-                k = arith.subi(k, one_i)
-                spins = arith.addi(spins, arith.subi(mu.c(1, i32), one_i))
-                done = arith.andi(ready, inc_ok)
-                scf.yield_([k, *acc, *mult, spins, done])
+                if window_size == 1:  # one chunk a trip (the form measured on the H100)
+                    k, acc, mult, spins = (
+                        args[0],
+                        args[1 : 1 + p],
+                        args[1 + p : 1 + 2 * p],
+                        args[-2],
+                    )
+                    kk = arith.muli(k, kst)
+                    ag = [load(arith.addi(o, kk)) for o in offs[:p]]
+                    inc = [load(arith.addi(o, kk)) for o in offs[p:]]
+                    inc_ok, ag_ok = all_set(inc), all_set(ag)
+                    ready = arith.ori(inc_ok, ag_ok)
+                    words = sel(inc_ok, inc, ag)
+                    val = [arith.bitcast(f32, arith.xori(w, mu.c(-1, i32))) for w in words]
+                    added = [arith.addf(x, y) for x, y in zip(acc, cmul(mult, val), strict=True)]
+                    acc = sel(ready, added, acc)
+                    mult = sel(ready, cmul(mult, A), mult)
+                    one_i = arith.extui(i32, ready)
+                    k = arith.subi(k, one_i)
+                    spins = arith.addi(spins, arith.subi(mu.c(1, i32), one_i))
+                    done = arith.andi(ready, inc_ok)
+                    scf.yield_([k, *acc, *mult, spins, done])
+                else:  # LOOK_BACK_WINDOW chunks a trip (not yet run on a GPU)
+                    k, acc, mult = args[0], args[1 : 1 + p], args[1 + p : 1 + 2 * p]
+                    spins, done = args[-2], args[-1]
+                    # The words of chunks k, k-1, ... are all loaded first (2 p window loads
+                    # in flight), then taken in order up to a chunk with nothing published
+                    # (the next trip polls it again) or one with its inclusive state.
+                    window = []
+                    for w in range(window_size):
+                        j = arith.subi(k, mu.c(w, i32))
+                        jj = arith.muli(arith.maxsi(j, zero_i), kst)
+                        ag = [load(arith.addi(o, jj)) for o in offs[:p]]
+                        inc = [load(arith.addi(o, jj)) for o in offs[p:]]
+                        window.append((j, ag, inc))
+                    blocked, moved = mu.c(0, i1), zero_i
+                    for j, ag, inc in window:
+                        inc_ok, ag_ok = all_set(inc), all_set(ag)
+                        ready = arith.ori(inc_ok, ag_ok)
+                        active = arith.andi(
+                            arith.xori(arith.ori(blocked, done), mu.c(1, i1)),
+                            arith.cmpi(arith.CmpIPredicate.sge, j, zero_i),
+                        )
+                        take = arith.andi(active, ready)
+                        words = sel(inc_ok, inc, ag)
+                        val = [arith.bitcast(f32, arith.xori(w, mu.c(-1, i32))) for w in words]
+                        added = [
+                            arith.addf(x, y) for x, y in zip(acc, cmul(mult, val), strict=True)
+                        ]
+                        acc = sel(take, added, acc)
+                        mult = sel(take, cmul(mult, A), mult)
+                        done = arith.ori(done, arith.andi(take, inc_ok))
+                        unready = arith.xori(ready, mu.c(1, i1))
+                        blocked = arith.ori(blocked, arith.andi(active, unready))
+                        moved = arith.addi(moved, arith.extui(i32, take))
+                    k = arith.subi(k, moved)
+                    stuck = arith.cmpi(arith.CmpIPredicate.eq, moved, zero_i)
+                    spins = arith.addi(spins, arith.extui(i32, stuck))
+                    scf.yield_([k, *acc, *mult, spins, done])
             res = list(loop.results)
             acc, mult, spins, done = res[1 : 1 + p], res[1 + p : 1 + 2 * p], res[-2], res[-1]
             # No inclusive value reached: the walk went back to the sequence's start (h0).

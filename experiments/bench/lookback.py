@@ -13,12 +13,14 @@ A config is ``T/block_d/num_warps`` (``chunks = l / T``); ``auto`` the library's
 grids: what GPUs other than Hopper get); ``m<T>`` the Mosaic GPU look-back scan
 (``layout="mosaic_lookback"``) with chunks of ``T`` steps (fewer where the staged chunk
 would not fit), ``m<T>p<k>`` its persistent form (``k`` programs per SM looping over the
-tickets, the next chunk staged while one is scanned), and a suffix ``e<k>``: only every
+tickets, the next chunk staged while one is scanned), ``w<k>`` (after ``p``) its look-back
+polling ``k`` chunks a trip, and a suffix ``e<k>``: only every
 ``k``-th chunk publishes its inclusive end state (the look-back's accumulation path,
 checked on the device).
 """
 
 import argparse
+import re
 import sys
 
 import jax
@@ -30,6 +32,8 @@ from experiments.bench import _harness
 from experiments.bench._harness import device_ms, header, table
 from experiments.bench.scan import native_associative
 from pallas_kernels.linear_scan import linear_scan_planes
+
+WINDOW = lookback_mosaic.LOOK_BACK_WINDOW  # the library's default
 
 
 def _grad(run, cp):
@@ -74,11 +78,12 @@ def main(argv=None):
     for cfg in args.configs.split(","):
         lookback_mosaic.INCLUSIVE_EVERY = 1
         lookback_mosaic.PROGRAMS_PER_SM = 0
-        if cfg.startswith("m"):
-            rest, _, every = cfg[1:].partition("e")
-            t, _, per_sm = rest.partition("p")
+        lookback_mosaic.LOOK_BACK_WINDOW = WINDOW
+        if m := re.fullmatch(r"m(\d+)(?:p(\d+))?(?:w(\d+))?(?:e(\d+))?", cfg):
+            t, per_sm, window, every = m.groups()
             lookback_mosaic.INCLUSIVE_EVERY = int(every or 1)
             lookback_mosaic.PROGRAMS_PER_SM = int(per_sm or 0)
+            lookback_mosaic.LOOK_BACK_WINDOW = int(window or WINDOW)
             kw = dict(layout="mosaic_lookback", chunks=-(-length // int(t)))
         elif cfg == "auto":
             kw = {}

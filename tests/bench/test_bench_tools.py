@@ -345,10 +345,16 @@ def test_kernels_planes_only_drops_complex_kernel_rows(planes_only):
 def test_lookback_bench_reports_each_config(capsys):
     """``experiments.bench.lookback``: the plain baseline row, then one row per config (here
     each says why it cannot run on a CPU)."""
+    import pallas_kernels._linear_scan_lookback_mosaic as lbm
     from experiments.bench.lookback import main
 
-    main(["--shape", "1x16x8", "--configs", "auto,triton,8/8/1"])
+    defaults = (lbm.INCLUSIVE_EVERY, lbm.PROGRAMS_PER_SM, lbm.LOOK_BACK_WINDOW)
+    main(["--shape", "1x16x8", "--configs", "auto,triton,8/8/1,m32p1w4e2"])
     out = capsys.readouterr().out
     for cfg in ("| lax.associative_scan |", "| auto |", "| triton |", "| 8/8/1 |"):
         assert cfg in out
-    assert out.count("needs a GPU") == 6  # printed as each row is made, then in the table
+    assert "| m32p1w4e2 |" in out
+    assert out.count("needs a GPU") == 8  # printed as each row is made, then in the table
+    # The Mosaic look-back row's knobs were set for it (the last row) and are not defaults.
+    assert (lbm.INCLUSIVE_EVERY, lbm.PROGRAMS_PER_SM, lbm.LOOK_BACK_WINDOW) == (2, 1, 4)
+    lbm.INCLUSIVE_EVERY, lbm.PROGRAMS_PER_SM, lbm.LOOK_BACK_WINDOW = defaults

@@ -244,24 +244,26 @@ def _lowered(fn, *args) -> str:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "shape", "form", "reverse", "programs_per_sm"),
+    ("dtype", "shape", "form", "reverse", "programs_per_sm", "window"),
     [
-        ("complex64", (8, 4096, 256), "shared", False, 0),
-        ("float32", (2, 1000, 384), "per_seq", True, 0),
-        ("bfloat16", (2, 1000, 128), "shared", False, 0),
-        ("complex64", (2, 4096, 256), "per_seq", True, 1),
+        ("complex64", (8, 4096, 256), "shared", False, 0, 1),
+        ("float32", (2, 1000, 384), "per_seq", True, 0, 1),
+        ("bfloat16", (2, 1000, 128), "shared", False, 0, 1),
+        ("complex64", (2, 4096, 256), "per_seq", True, 1, 1),
+        ("complex64", (8, 4096, 256), "shared", True, 0, 8),
     ],
-    ids=["c64-shared", "fp32-perseq-rev-odd", "bf16-odd", "c64-persistent-rev"],
+    ids=["c64-shared", "fp32-perseq-rev-odd", "bf16-odd", "c64-persistent-rev", "c64-window8"],
 )
 def test_mosaic_lookback_lowers_to_mosaic_gpu(
-    hopper, monkeypatch, dtype, shape, form, reverse, programs_per_sm
+    hopper, monkeypatch, dtype, shape, form, reverse, programs_per_sm, window
 ):
     """One Mosaic GPU kernel forward, two for the gradient w.r.t. ``a``, ``b``, ``h0``
     (forward and adjoint), no Triton kernel, each lowered for CUDA on this CPU: catches what
     the Mosaic GPU lowering rejects (TMA shapes, layouts, the inline PTX), which interpret
-    mode does not run."""
+    mode does not run. ``window``: ``LOOK_BACK_WINDOW``, chunks polled a look-back trip."""
     monkeypatch.setattr(lbm, "on_hopper", lambda: True)
     monkeypatch.setattr(lbm, "PROGRAMS_PER_SM", programs_per_sm)
+    monkeypatch.setattr(lbm, "LOOK_BACK_WINDOW", window)
     batch, _, d = shape
     sds = jax.ShapeDtypeStruct
     a_shape = (d,) if form == "shared" else (batch, d)
