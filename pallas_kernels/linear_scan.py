@@ -397,6 +397,7 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
 LOOKBACK_CHUNK = 32  # default steps per chunk of layout="lookback"
+LOOKBACK_MAX_CHUNK = 128  # its chunks are unrolled and kept in registers
 MOSAIC_LOOKBACK_CHUNK = 64  # default steps per chunk of layout="mosaic_lookback"
 
 
@@ -406,8 +407,6 @@ def _lookback_chunk(cfg: _Config, length: int) -> int:
     chunk = -(-length // cfg.chunks)
     return -(-chunk // MOSAIC_TILE) * MOSAIC_TILE
 
-
-LOOKBACK_MAX_CHUNK = 128  # its chunks are unrolled and kept in registers
 
 MOSAIC_MIN_PROGRAMS = 32  # the fewest Mosaic programs measured faster than Triton
 
@@ -468,7 +467,7 @@ def auto_mosaic_chunks(batch: int, d: int, length: int, interpret: bool, options
     return chunks if why is None else 1
 
 
-def auto_lookback(length: int, d: int, dtype) -> bool:
+def auto_lookback(d: int, dtype) -> bool:
     """Whether ``layout=None`` takes the Mosaic GPU look-back scan
     (``layout="mosaic_lookback"``, default chunks) where :func:`auto_mosaic_chunks` would
     take the L-parallel Mosaic scan: for complex planes (the only ones timed), when the
@@ -476,8 +475,8 @@ def auto_lookback(length: int, d: int, dtype) -> bool:
     forward+backward, complex time-invariant planes) it beat that scan at every grid below
     32 programs timed: (8, 4096, 256) 0.146 vs 0.157 ms, (4, 8192, 256) 0.149 vs 0.162,
     (1, 16384, 512) 0.149 vs 0.164; at 64 programs (32, 1024, 256) the single-pass Mosaic
-    scan stays faster (0.126 vs 0.139), and is what ``auto_layout`` picks there."""
-    del length  # any length: the last chunk is padded
+    scan stays faster (0.126 vs 0.139), and is what ``auto_layout`` picks there. Any length
+    (the last chunk is padded)."""
     d_mosaic = -(-d // MOSAIC_BLOCK_D) * MOSAIC_BLOCK_D
     row_bytes = 2 * 2 * jnp.dtype(dtype).itemsize  # the backward stages dh and h planes
     return lookback_mosaic_supported(d_mosaic, MOSAIC_TILE, row_bytes, False) is None
@@ -587,7 +586,7 @@ def _run_planes(
         layout = auto_layout(batch, d, interpret, options)
         if layout == "channel" and time_invariant:
             c = auto_mosaic_chunks(batch, d, length, interpret, options)
-            if c > 1 and n == 2 and auto_lookback(length, d, bp[0].dtype):
+            if c > 1 and n == 2 and auto_lookback(d, bp[0].dtype):
                 layout = "mosaic_lookback"  # complex: measured faster than the chunked scan
             elif c > 1:
                 layout, chunks = "mosaic", c

@@ -449,6 +449,7 @@ def test_auto_small_grid_is_chunked_mosaic(hopper):
         return jax.grad(loss, argnums=(0, 1))(a, b)
 
     a = (sds((256,), jnp.float32),) * 2
+    assert ls.auto_lookback(256, jnp.float32)
     text = lowered(f, a, b)
     assert text.count(MOSAIC) == 1 and TRITON not in text
     assert "linear_scan_lookback_mosaic" in text and "ends_mosaic" not in text
@@ -468,6 +469,7 @@ def test_auto_off_hopper_is_triton(monkeypatch):
     monkeypatch.setattr(ls, "check_backend", lambda *a: None)
     assert not lm.on_hopper()
     assert ls.auto_layout(8, 2048, False, {}) == "channel"
+    assert not ls.auto_lookback(256, jnp.float32)
     args = shapes(jnp.float32, 8, 4096, 2048, "full")
     text = lowered(lambda a, b, h0: linear_scan(a, b, h0), *args)
     assert MOSAIC not in text and TRITON in text
