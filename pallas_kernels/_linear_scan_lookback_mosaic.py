@@ -39,7 +39,8 @@ conj(h_{s-1})`` (per chunk, summed in XLA) and writing ``dh0 = conj(a) g_0``. HB
 ``b`` in, ``h`` out forward; ``dh``, ``h`` in, ``db`` out backward.
 
 The status and counter buffers are ``pl.get_global`` semaphore arrays, which the Mosaic GPU
-``pallas_call`` lowering zero-fills before every call (``plgpu.kernel`` on JAX 0.11 has no
+``pallas_call`` lowering zero-fills before every call (checked in the lowered program by the
+tests; ``plgpu.kernel`` on JAX 0.11 has no
 input/output aliasing for buffers of our own).
 
 Measured on the H100 (BENCHMARKS.md, seventeenth session; device time, complex

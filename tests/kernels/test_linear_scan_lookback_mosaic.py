@@ -283,3 +283,36 @@ def test_mosaic_lookback_lowers_to_mosaic_gpu(
     text = _lowered(grad, a, b, h0)
     assert text.count(MOSAIC) == 2 and TRITON not in text
     assert "linear_scan_lookback_mosaic_bwd" in text
+
+
+def test_status_buffers_are_zero_filled_before_each_call(hopper, monkeypatch):
+    """The kernel never clears its ticket counter and status words (``pl.get_global``
+    semaphore arrays): it relies on the Mosaic GPU lowering passing them in as a zero-filled
+    operand of every call. Checked in the lowered program for CUDA: the kernel's last operand
+    (status and counter, ``2 * planes * chunks * batch * d + 1`` int32) is a broadcast zero,
+    aliased to an output, in the forward and the backward call."""
+    import re
+
+    monkeypatch.setattr(lbm, "on_hopper", lambda: True)
+    batch, length, d = 8, 4096, 256
+    sds = jax.ShapeDtypeStruct
+    a, b = sds((d,), jnp.complex64), sds((batch, length, d), jnp.complex64)
+
+    def grad(a, b):
+        loss = lambda a, b: jnp.sum(jnp.abs(linear_scan(a, b, layout="mosaic_lookback")) ** 2)
+        return jax.grad(loss, argnums=(0, 1))(a, b)
+
+    text = _lowered(grad, a, b)
+    n = 2 * 2 * (length // lbm.CHUNK) * batch * d + 1
+    zeros = set(re.findall(r"(%\w+) = stablehlo.constant dense<0> : tensor<i32>", text))
+    filled = re.findall(
+        rf"(%\w+) = stablehlo.broadcast_in_dim (%\w+), dims = \[\] : \(tensor<i32>\) -> "
+        rf"tensor<{n}xi32>",
+        text,
+    )
+    calls = re.findall(r"stablehlo.custom_call @mosaic_gpu_v2\(([^)]*)\)", text)
+    assert len(calls) == 2
+    for call in calls:
+        last = call.split(", ")[-1]
+        assert any(v == last and c in zeros for v, c in filled), (last, filled)
+    assert text.count("output_operand_alias") >= 2
