@@ -49,7 +49,7 @@ time-invariant planes, 64-step chunks): forward+backward 0.146 ms at (8, 4096, 2
 two-read L-parallel Mosaic scan and 0.388 for plain ``lax.associative_scan`` (2.65x); 0.149
 at (4, 8192, 256) and (1, 16384, 512). The persistent form (``PROGRAMS_PER_SM``: a resident
 grid looping over tickets, the next chunk staged during the scan) measured slower
-(0.166-0.172 ms), so it is off by default.
+(0.166-0.168 ms), so it is off by default.
 """
 
 from __future__ import annotations
