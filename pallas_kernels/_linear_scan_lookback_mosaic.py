@@ -63,7 +63,13 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels._linear_scan_mosaic import TILE, _add, _mix, _mul, _pad, _pow, _unpad
-from pallas_kernels._mosaic_common import BLOCK_D, SMEM_BYTES, on_hopper, plgpu
+from pallas_kernels._mosaic_common import (
+    BLOCK_D,
+    SMEM_BYTES,
+    device_unsupported,
+    on_hopper,
+    plgpu,
+)
 
 __all__ = [
     "CHUNK",
@@ -98,12 +104,8 @@ def _decode(w):
 def supported(d: int, chunk: int, staged_bytes: int, interpret: bool) -> str | None:
     """Why the kernel cannot run this call (``None`` when it can). ``staged_bytes``: the
     bytes one chunk row of the staged arrays takes per channel (summed over arrays)."""
-    if plgpu is None:
-        return "jax.experimental.pallas.mosaic_gpu cannot be imported"
-    if not interpret and not on_hopper():
-        return "needs a compute capability 9.0 GPU (H100/H200)"
-    if d % BLOCK_D:
-        return f"the flattened state size {d} is not a multiple of {BLOCK_D}"
+    if why := device_unsupported(d, interpret, on_hopper):
+        return why
     if chunk < TILE or chunk % TILE:
         return f"the chunk ({chunk} steps) is not a positive multiple of {TILE}"
     need = chunk * BLOCK_D * staged_bytes

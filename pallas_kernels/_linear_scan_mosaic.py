@@ -43,9 +43,9 @@ from pallas_kernels._mosaic_common import (
     SMEM_BYTES,
     Ops,
     TileRing,
+    device_unsupported,
     launch,
     on_hopper,
-    plgpu,
     staging,
 )
 
@@ -129,12 +129,8 @@ def supported(
     ``a`` is time-invariant, ``length`` the sequence's (``chunks > 1`` needs both, and
     chunks of whole tiles: a partial tile would put its padding between a chunk and the
     carry it receives)."""
-    if plgpu is None:
-        return "jax.experimental.pallas.mosaic_gpu cannot be imported"
-    if not interpret and not on_hopper():
-        return "needs a compute capability 9.0 GPU (H100/H200)"
-    if d % BLOCK_D:
-        return f"the flattened state size {d} is not a multiple of {BLOCK_D}"
+    if why := device_unsupported(d, interpret, on_hopper):
+        return why
     if chunks != 1 and not lti:
         return "the L-parallel (chunks > 1) Mosaic scan needs a time-invariant a"
     if chunks != 1 and (length // chunks) % TILE:

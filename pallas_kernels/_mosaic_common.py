@@ -34,6 +34,19 @@ def on_hopper() -> bool:
     return dev.platform == "gpu" and getattr(dev, "compute_capability", "") == "9.0"
 
 
+def device_unsupported(d: int, interpret: bool, hopper) -> str | None:
+    """Why a one-channel-per-thread Mosaic kernel cannot run on this device for a flattened
+    state of ``d`` channels (``None`` when it can); ``hopper``: the caller's device check (a
+    module attribute, so that tests can patch it per module)."""
+    if plgpu is None:
+        return "jax.experimental.pallas.mosaic_gpu cannot be imported"
+    if not interpret and not hopper():
+        return "needs a compute capability 9.0 GPU (H100/H200)"
+    if d % BLOCK_D:
+        return f"the flattened state size {d} is not a multiple of {BLOCK_D}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Ops:
     """The few operations that differ between the Mosaic GPU kernel and its interpretation."""
