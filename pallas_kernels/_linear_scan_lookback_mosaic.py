@@ -28,9 +28,10 @@ Pallas Mosaic GPU has no load that sees other programs' writes and its atomics r
 nothing. The wait is bounded (``SPIN_LIMIT`` polls; past it the state is NaN, never a hang).
 
 In the Pallas interpreter (CPU tests) programs run one after another in grid order: the
-ticket is the program id, status words are plain stores and loads, and the same look-back
-runs as a ``lax.while_loop``; ``INCLUSIVE_EVERY`` makes most chunks publish only aggregates
-so that the look-back's accumulation is exercised there (and on the GPU by the bench's
+ticket counter is a plain read and write (so the first program takes every ticket and the
+others find none left), status words are plain stores and loads, and the same look-back runs
+as a ``lax.while_loop``; ``INCLUSIVE_EVERY`` makes most chunks publish only aggregates so
+that the look-back's accumulation is exercised there (and on the GPU by the bench's
 check).
 
 The backward runs the same kernel the other way in time on the adjoint ``g_s = dh_s +
@@ -39,9 +40,9 @@ conj(h_{s-1})`` (per chunk, summed in XLA) and writing ``dh0 = conj(a) g_0``. HB
 ``b`` in, ``h`` out forward; ``dh``, ``h`` in, ``db`` out backward.
 
 The status and counter buffers are ``pl.get_global`` semaphore arrays, which the Mosaic GPU
-``pallas_call`` lowering zero-fills before every call (checked in the lowered program by the
-tests; ``plgpu.kernel`` on JAX 0.11 has no
-input/output aliasing for buffers of our own).
+lowering passes in zero-filled to every call (checked in the lowered program by the tests;
+``plgpu.kernel`` on JAX 0.11 has no input/output aliasing for buffers of our own, and
+``pl.pallas_call`` no longer lowers to Mosaic GPU).
 
 Measured on the H100 (BENCHMARKS.md, seventeenth session; device time, complex
 time-invariant planes, 64-step chunks): forward+backward 0.146 ms at (8, 4096, 256)
