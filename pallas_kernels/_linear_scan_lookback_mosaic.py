@@ -662,7 +662,7 @@ def _call(cfg, ap, xp, hpp, h0p, adjoint: bool, out_dtype, chunk: int, programs_
         shared_a=ap[0].shape[0] == 1,
         spin_limit=SPIN_LIMIT,
         inclusive_every=INCLUSIVE_EVERY,
-        buffers=2 if programs_per_sm else 1,
+        buffers=buffers,
     )
     seq = jax.ShapeDtypeStruct((batch, lp, d), out_dtype)
     out_shape = [seq] * p

@@ -83,6 +83,16 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels._chunk_states import _planes, _unplanes, chunk_starts
 from pallas_kernels._common import check_backend, is_pow2
+from pallas_kernels._linear_scan_auto import (
+    MOSAIC_CHUNKED_MIN_PROGRAMS,
+    MOSAIC_CHUNKED_PROGRAMS,
+    MOSAIC_MIN_CHUNK,
+    MOSAIC_MIN_PROGRAMS,
+    auto_layout,
+    auto_lookback,
+    auto_mosaic_chunks,
+    default_chunks,
+)
 from pallas_kernels._linear_scan_kernels import (
     _bwd_kernel,
     _chunk_end_kernel,
@@ -101,7 +111,18 @@ from pallas_kernels._linear_scan_mosaic import run_bwd_mosaic, run_fwd_mosaic
 from pallas_kernels._linear_scan_mosaic import supported as mosaic_supported
 from pallas_kernels._linear_scan_mosaic_chunked import run_bwd_chunked, run_fwd_chunked
 
-__all__ = ["default_chunks", "linear_scan", "linear_scan_planes"]
+__all__ = [
+    "MOSAIC_CHUNKED_MIN_PROGRAMS",
+    "MOSAIC_CHUNKED_PROGRAMS",
+    "MOSAIC_MIN_CHUNK",
+    "MOSAIC_MIN_PROGRAMS",
+    "auto_layout",
+    "auto_lookback",
+    "auto_mosaic_chunks",
+    "default_chunks",
+    "linear_scan",
+    "linear_scan_planes",
+]
 
 _F32 = jnp.float32
 _IO_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.complex64))
@@ -406,100 +427,6 @@ def _lookback_chunk(cfg: _Config, length: int) -> int:
     ``MOSAIC_TILE``-step tiles."""
     chunk = -(-length // cfg.chunks)
     return -(-chunk // MOSAIC_TILE) * MOSAIC_TILE
-
-
-MOSAIC_MIN_PROGRAMS = 32  # the fewest Mosaic programs measured faster than Triton
-
-
-def auto_layout(batch: int, d: int, interpret: bool, options: dict) -> str:
-    """The kernel family of ``layout=None``: ``"mosaic"`` or ``"channel"`` (Triton).
-
-    Mosaic on a compute capability 9.0 GPU when no Triton launch option is given (``options``:
-    ``block_d``, ``unroll``, ``num_warps``, ``chunks`` as passed, ``num_stages`` other than
-    1), the flattened state size is a multiple of 128 and the single-pass grid of programs of
-    128 channels (real or complex) is at least ``MOSAIC_MIN_PROGRAMS``: on the H100 it beat
-    the Triton kernels at 32, 64 and 128 real programs and at 32 complex ones (forward +
-    backward device time: fp32 (2, 16384, 2048) 0.811 vs 1.393 ms, complex (8, 4096, 512)
-    0.264 vs 0.405 ms; BENCHMARKS.md, tenth and eleventh sessions); at 16 complex programs
-    they were even, and with fewer the Triton two-pass scan spreads the sequence over more
-    programs. Otherwise (interpret mode included) Triton.
-    """
-    if interpret or any(v is not None for v in options.values()):
-        return "channel"
-    if batch * (d // MOSAIC_BLOCK_D) < MOSAIC_MIN_PROGRAMS:
-        return "channel"
-    return "mosaic" if mosaic_supported(d, 8, 1, interpret) is None else "channel"
-
-
-MOSAIC_CHUNKED_PROGRAMS = 128  # programs the L-parallel Mosaic scan aims for
-MOSAIC_CHUNKED_MIN_PROGRAMS = 64  # programs it must reach to be used
-MOSAIC_MIN_CHUNK = 256  # the shortest chunk it cuts (steps)
-
-
-def auto_mosaic_chunks(batch: int, d: int, length: int, interpret: bool, options: dict) -> int:
-    """Time chunks of the L-parallel Mosaic scan for a time-invariant scan (real or
-    complex) that ``auto_layout`` leaves to Triton; 1: none (stay with Triton).
-
-    On a compute capability 9.0 GPU, with no Triton launch option, ``d`` a multiple of 128
-    and a single-pass grid below ``MOSAIC_MIN_PROGRAMS``: the smallest power of two ``C``
-    that brings the grid to ``MOSAIC_CHUNKED_PROGRAMS`` programs, with chunks of whole
-    32-step tiles and at least ``MOSAIC_MIN_CHUNK`` steps; used when it reaches
-    ``MOSAIC_CHUNKED_MIN_PROGRAMS``. On the H100 (BENCHMARKS.md, eleventh to thirteenth
-    sessions; device time, planes) it beat the Triton two-pass scan: forward+backward 0.160
-    ms (0.177 in the eleventh session's version) vs 0.211 ms at (8, 4096, 256) (``C = 8``;
-    ``C = 16`` 0.165), 0.166 (0.183) vs 0.213 ms at (1, 16384, 512) (``C = 32``; ``C = 16``
-    0.176); real (fp32) at (8, 4096, 256), ``C = 8``: 0.080 vs 0.107 ms.
-    """
-    if interpret or any(v is not None for v in options.values()):
-        return 1
-    programs = batch * (d // MOSAIC_BLOCK_D)
-    if programs == 0 or programs >= MOSAIC_MIN_PROGRAMS:
-        return 1
-    chunks = 1
-    while programs * chunks < MOSAIC_CHUNKED_PROGRAMS:
-        nxt = chunks * 2
-        if length % (nxt * MOSAIC_TILE) or length // nxt < MOSAIC_MIN_CHUNK:
-            break
-        chunks = nxt
-    if programs * chunks < MOSAIC_CHUNKED_MIN_PROGRAMS:
-        return 1
-    why = mosaic_supported(d, 8, chunks, interpret, lti=True, length=length)
-    return chunks if why is None else 1
-
-
-def auto_lookback(d: int, dtype) -> bool:
-    """Whether ``layout=None`` takes the Mosaic GPU look-back scan
-    (``layout="mosaic_lookback"``, default chunks) where :func:`auto_mosaic_chunks` would
-    take the L-parallel Mosaic scan: for complex planes (the only ones timed), when the
-    kernel supports the call. On the H100 (BENCHMARKS.md, seventeenth session; device time,
-    forward+backward, complex time-invariant planes) it beat that scan at every grid below
-    32 programs timed: (8, 4096, 256) 0.146 vs 0.157 ms, (4, 8192, 256) 0.149 vs 0.162,
-    (1, 16384, 512) 0.149 vs 0.164; at 64 programs (32, 1024, 256) the single-pass Mosaic
-    scan stays faster (0.126 vs 0.139), and is what ``auto_layout`` picks there. Any length
-    (the last chunk is padded)."""
-    d_mosaic = -(-d // MOSAIC_BLOCK_D) * MOSAIC_BLOCK_D
-    row_bytes = 2 * 2 * jnp.dtype(dtype).itemsize  # the backward stages dh and h planes
-    return lookback_mosaic_supported(d_mosaic, MOSAIC_TILE, row_bytes, False) is None
-
-
-def default_chunks(batch: int, blocks: int, length: int) -> int:
-    """Time chunks of the two-pass scan for a ``(batch, blocks)`` single-pass grid.
-
-    1 (single pass) when the grid already has ``>= 256`` programs: at (8, 4096, 1024-2048)
-    the two-pass scan was no faster on the H100. Otherwise the smallest power of two that
-    brings it to ``>= 2048`` programs while keeping chunks of ``>= 256`` steps (at
-    (1, 16384, 2048) fp32: 64 programs 0.97 ms forward, 32 chunks 0.43 ms).
-    """
-    programs = batch * blocks
-    if programs >= 256:
-        return 1
-    chunks = 1
-    while programs * chunks < 2048:
-        nxt = chunks * 2
-        if length % nxt or length // nxt < 256:
-            break
-        chunks = nxt
-    return chunks
 
 
 def _compact_a(a: jax.Array, b_shape: tuple[int, ...]) -> jax.Array:
