@@ -75,11 +75,13 @@ def auto_lookback(d: int, dtype) -> bool:
     kernel supports the call. On the H100 (BENCHMARKS.md, seventeenth session; device time,
     forward+backward, complex time-invariant planes) it beat that scan at every grid below
     32 programs timed: (8, 4096, 256) 0.146 vs 0.157 ms, (4, 8192, 256) 0.149 vs 0.162,
-    (1, 16384, 512) 0.149 vs 0.164; at 64 programs (32, 1024, 256) the single-pass Mosaic
-    scan stays faster (0.126 vs 0.139), and is what ``auto_layout`` picks there. Any length
-    (the last chunk is padded)."""
+    (1, 16384, 512) 0.149 vs 0.164 (eighteenth session, with TMA stores and the backward's
+    ``h`` in registers: 0.140, 0.143, 0.143); at 64 programs (32, 1024, 256) the
+    single-pass Mosaic scan stays faster (0.126 vs 0.139 in the seventeenth session), and is
+    what ``auto_layout`` picks there. Any length (the last chunk is padded)."""
     d_mosaic = -(-d // MOSAIC_BLOCK_D) * MOSAIC_BLOCK_D
-    row_bytes = 2 * 2 * jnp.dtype(dtype).itemsize  # the backward stages dh and h planes
+    # The backward stages dh (and h, with STREAM_H off) planes: one tile of both must fit.
+    row_bytes = 2 * 2 * jnp.dtype(dtype).itemsize
     return lookback_mosaic_supported(d_mosaic, MOSAIC_TILE, row_bytes, False) is None
 
 

@@ -34,23 +34,28 @@ as a ``lax.while_loop``; ``INCLUSIVE_EVERY`` makes most chunks publish only aggr
 that the look-back's accumulation is exercised there (and on the GPU by the bench's
 check).
 
-The backward runs the same kernel the other way in time on the adjoint ``g_s = dh_s +
-conj(a) g_{s+1}`` (``db = g``), staging ``h`` beside ``dh`` for ``da = sum_s g_s
-conj(h_{s-1})`` (per chunk, summed in XLA) and writing ``dh0 = conj(a) g_0``. HBM traffic:
-``b`` in, ``h`` out forward; ``dh``, ``h`` in, ``db`` out backward.
+Pass 2 writes its rows over the staged chunk and stores each tile from shared memory by TMA
+(``TMA_STORE``). The backward runs the same kernel the other way in time on the adjoint
+``g_s = dh_s + conj(a) g_{s+1}`` (``db = g``), with its chunk of ``h`` loaded into registers
+when the chunk starts (``STREAM_H``; staged beside ``dh`` when off) for ``da = sum_s g_s
+conj(h_{s-1})`` (per chunk, all planes in one array summed by one XLA reduction), and writes
+``dh0 = conj(a) g_0``. HBM traffic: ``b`` in, ``h`` out forward; ``dh``, ``h`` in, ``db``
+out backward.
 
 The status and counter buffers are ``pl.get_global`` semaphore arrays, which the Mosaic GPU
 lowering passes in zero-filled to every call (checked in the lowered program by the tests;
 ``plgpu.kernel`` on JAX 0.11 has no input/output aliasing for buffers of our own, and
 ``pl.pallas_call`` no longer lowers to Mosaic GPU).
 
-Measured on the H100 (BENCHMARKS.md, seventeenth session; device time, complex
-time-invariant planes, 64-step chunks): forward+backward 0.146 ms at (8, 4096, 256)
-(forward kernel 0.054, backward kernel 0.083 ms: ~2.5 and ~2.4 TB/s), against 0.157 for the
-two-read L-parallel Mosaic scan and 0.388 for plain ``lax.associative_scan`` (2.65x); 0.149
-at (4, 8192, 256) and (1, 16384, 512). The persistent form (``PROGRAMS_PER_SM``: a resident
-grid looping over tickets, the next chunk staged during the scan) measured slower
-(0.166-0.168 ms), so it is off by default.
+Measured on the H100 (BENCHMARKS.md, seventeenth and eighteenth sessions; device time,
+complex time-invariant planes, 64-step chunks): forward+backward 0.140 ms at (8, 4096, 256)
+(forward kernel 0.054, backward kernel 0.079 ms: ~2.5 and ~2.5 TB/s), against 0.145 with
+neither ``TMA_STORE`` nor ``STREAM_H``, 0.157 for the two-read L-parallel Mosaic scan and
+0.390 for plain ``lax.associative_scan`` (2.79x); 0.143 at (4, 8192, 256) and (1, 16384,
+512). The persistent form (``PROGRAMS_PER_SM``: a resident grid looping over tickets, the
+next chunk staged during the scan) measured slower (0.166-0.168 ms), and so did 32-step
+chunks for the backward (0.155), a look-back window of 4 or 8 chunks was no faster
+(0.147-0.148 against 0.148): all off.
 """
 
 from __future__ import annotations
@@ -86,12 +91,21 @@ _I32 = jnp.int32
 CHUNK = 64  # steps per chunk (a multiple of TILE)
 SPIN_LIMIT = 1 << 24  # polls without progress before a look-back gives up (NaN state)
 # Chunks a compiled look-back trip polls at once (their words loaded together, then taken in
-# order): 1, the form measured on the H100; > 1 (opt-in, lowered but not yet run on a GPU)
-# would cut a walk over n published aggregates from n L2 round trips to ~n / window.
+# order), cutting a walk over n published aggregates from n L2 round trips to ~n / window:
+# 4 and 8 ran correct on the H100 and no faster than 1 (eighteenth session), so 1.
 LOOK_BACK_WINDOW = 1
 # Chunks c with c % INCLUSIVE_EVERY == 0 publish their inclusive end state (1: all). Tests
 # raise it so that look-backs must add up aggregates.
 INCLUSIVE_EVERY = 1
+# Two forms measured together 3% faster on the H100 (eighteenth session; off: bench configs
+# without ``s`` / ``r``, tested both ways):
+# TMA_STORE: pass 2 writes its rows over the staged chunk in shared memory and stores each
+# tile by TMA (instead of one global store per row and thread).
+TMA_STORE = True
+# STREAM_H: the backward loads its chunk of ``h`` (for ``da``) from HBM into registers when
+# the chunk starts instead of staging it in shared memory (half the shared memory a program
+# takes, so more programs fit on an SM).
+STREAM_H = True
 
 
 def _encode(x):
@@ -144,6 +158,18 @@ class _Interpret:
 
     def wait(self, bar):
         del bar
+
+    def put(self, ref, v):
+        """Nothing: :meth:`flush` stores the tile's rows at once (one store, where a store
+        per row into shared memory made the interpreted tests ~2.5x slower)."""
+        del ref, v
+
+    def flush(self, src, dst, rows):
+        del src
+        dst[...] = jnp.stack(rows)
+
+    def drain(self):
+        pass
 
     def publish(self, status_ref, rows, cols, vals):
         for r, v in zip(rows, vals, strict=True):
@@ -204,6 +230,21 @@ class _Compiled:
         """All threads are done reading shared memory before a copy into it (a warpgroup
         barrier and a proxy fence)."""
         plgpu.commit_smem()
+
+    def put(self, ref, v):
+        ref[...] = v
+
+    def flush(self, src, dst, rows):
+        """Stores a tile written to shared memory by TMA, once every thread wrote its column
+        (a proxy fence and a warpgroup barrier first); ``rows``: its values (the
+        interpreter's)."""
+        del rows
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(src, dst)
+
+    def drain(self):
+        """Waits for this program's TMA stores (before its shared memory is staged again)."""
+        plgpu.wait_smem_to_gmem(0)
 
     def ticket(self, counter_ref, tick_ref, slot):
         """One thread adds 1 to the counter (``atom.add``, its old value is the ticket) and
@@ -464,6 +505,8 @@ def _kernel(
     spin_limit,
     inclusive_every,
     buffers,
+    tma_store=False,
+    stream_h=False,
 ):
     """Chunks of ``chunk`` steps of 128 channels of one sequence, picked by ticket, until the
     tickets run out (a program may take many: the grid can be smaller than the chunks).
@@ -473,9 +516,10 @@ def _kernel(
     d)`` (``b``, or ``dh`` when ``adjoint``), ``h`` (``adjoint`` only, for ``da``), ``h0``
     ``(batch, d)``, in the interpreter the counter ``(1,)`` and status ``(2 * n_planes *
     n_chunks * batch, d)`` int32 zeros; outputs ``y`` (``h`` or ``db``), ``da`` ``(n_chunks *
-    batch, d)`` and ``dh0`` (``adjoint`` only), in the interpreter then the counter and
-    status (aliased to those inputs; compiled, both are zero-filled global semaphore arrays
-    of ``pl.get_global``, the status one flat); scratch: the staged ``x`` (and ``h``) chunks
+    batch, n_planes, d)`` (one array) and ``dh0`` (``adjoint`` only), in the interpreter
+    then the counter and status (aliased to those inputs; compiled, both are zero-filled
+    global semaphore arrays of ``pl.get_global``, the status one flat); scratch: the staged
+    ``x`` (and ``h``, unless ``stream_h``) chunks
     ``(buffers, chunk / TILE, TILE, 128)``, two words for the ticket and, compiled, one TMA
     barrier per tile and buffer. Status row of (plane ``q``, chunk ``k`` in this kernel's
     order, sequence ``i``): ``((kind * n_planes + q) * n_chunks + k) * batch + i``, ``kind`` 0
@@ -491,7 +535,7 @@ def _kernel(
     if ops.interpret:
         take(2)  # counter and status inputs: aliased to the outputs below
     y_refs = take(p)
-    da_refs, dh0_refs = (take(p), take(p)) if adjoint else ([], [])
+    da_ref, dh0_refs = (next(it), take(p)) if adjoint else (None, [])
     if ops.interpret:
         counter_ref, status_ref = take(2)
     else:  # zero-filled global semaphore arrays, one per call of the kernel
@@ -499,7 +543,7 @@ def _kernel(
         n_status = 2 * p * n_chunks * batch * d
         status_ref = pl.get_global(plgpu.SemaphoreType.REGULAR((n_status,)))
     x_slots = take(p)
-    h_slots = take(p) if adjoint else []
+    h_slots = take(p) if adjoint and not stream_h else []
     (tick_ref,) = take(1)
     bars = None if ops.interpret else next(it)
 
@@ -527,7 +571,8 @@ def _kernel(
         _, i, cols, r0 = locate(ticket)
         for u in tiles:
             src_rows = pl.ds(r0 + u * TILE, TILE)
-            for src, dst in zip((*x_refs, *hp_refs), (*x_slots, *h_slots), strict=True):
+            staged_refs = (*x_refs, *(hp_refs if h_slots else ()))
+            for src, dst in zip(staged_refs, (*x_slots, *h_slots), strict=True):
                 ops.stage(src.at[i, src_rows, cols], dst.at[buf, u], bar(buf, u))
 
     def process(ticket, buf):
@@ -541,6 +586,12 @@ def _kernel(
         big_a = _pow(a, C)
         xs = [s.at[buf] for s in x_slots]
         hs = [s.at[buf] for s in h_slots]
+        order = [(u, t) for u in tiles for t in rows_in]
+        if adjoint and stream_h:  # h of the rows after the first processed, into registers
+            h_rows = [
+                [ops.vec(r.at[i, r0 + u * TILE + t, cols]).astype(_F32) for r in hp_refs]
+                for u, t in order[1:]
+            ]
 
         # Pass 1: the zero-start scan of the chunk.
         y = zeros
@@ -577,22 +628,36 @@ def _kernel(
             edge = _mix(first_f.astype(_F32), h0, edge)
             da = zeros
         h = start
-        order = [(u, t) for u in tiles for t in rows_in]
+        tile_vals = [[None] * TILE for _ in xs]  # (the interpreter's TMA stores)
         for n, (u, t) in enumerate(order):
             x = [ops.vec(s.at[u, t]).astype(_F32) for s in xs]
             h = _add(_mul(a, h), x)
-            for r, v in zip(y_refs, h, strict=True):
-                r[i, r0 + u * TILE + t, cols] = v.astype(r.dtype)
+            if tma_store:  # over the staged row (read just above); the tile by TMA
+                for s, v, rows in zip(xs, h, tile_vals, strict=True):
+                    ops.put(s.at[u, t], v.astype(s.dtype))
+                    rows[t] = v.astype(s.dtype)
+                if t == rows_in[-1]:
+                    tile_rows = pl.ds(r0 + u * TILE, TILE)
+                    for s, r, rows in zip(xs, y_refs, tile_vals, strict=True):
+                        ops.flush(s.at[u], r.at[i, tile_rows, cols], rows)
+                    tile_vals = [[None] * TILE for _ in xs]
+            else:
+                for r, v in zip(y_refs, h, strict=True):
+                    r[i, r0 + u * TILE + t, cols] = v.astype(r.dtype)
             if adjoint:
-                if n + 1 < len(order):
+                if n + 1 == len(order):
+                    h_prev = edge
+                elif stream_h:
+                    h_prev = h_rows[n]
+                else:
                     un, tn = order[n + 1]  # the forward-previous row is the next one here
                     h_prev = [ops.vec(s.at[un, tn]).astype(_F32) for s in hs]
-                else:
-                    h_prev = edge
                 da = _add(da, _mul(h, h_prev, conj=True))
+        if tma_store:
+            ops.drain()
         if adjoint:
-            for r, v in zip(da_refs, da, strict=True):
-                r[c * batch + i, cols] = v
+            for q, v in enumerate(da):
+                da_ref[c * batch + i, q, cols] = v
             cf = n_chunks - 1 - c  # the forward's chunk index
 
             @pl.when(cf == 0)
@@ -636,8 +701,12 @@ def _call(cfg, ap, xp, hpp, h0p, adjoint: bool, out_dtype, chunk: int, programs_
     batch, length, d = xp[0].shape
     p = len(xp)
     buffers = 2 if programs_per_sm else 1
+    stream_h = adjoint and STREAM_H
+    # TMA stores go out of the staged buffer: same dtype.
+    tma_store = TMA_STORE and jnp.dtype(out_dtype) == xp[0].dtype
+    staged_in = xp if stream_h else (*xp, *hpp)
     # The largest chunk (whole tiles, at most ``chunk``) whose staged buffers fit.
-    row_bytes = buffers * BLOCK_D * sum(v.dtype.itemsize for v in (*xp, *hpp))
+    row_bytes = buffers * BLOCK_D * sum(v.dtype.itemsize for v in staged_in)
     chunk = min(chunk, (SMEM_BYTES - 1024) // row_bytes // TILE * TILE)
     if chunk < TILE:
         raise NotImplementedError(f"a {TILE}-step tile of {row_bytes} bytes a row does not fit")
@@ -663,14 +732,16 @@ def _call(cfg, ap, xp, hpp, h0p, adjoint: bool, out_dtype, chunk: int, programs_
         spin_limit=SPIN_LIMIT,
         inclusive_every=INCLUSIVE_EVERY,
         buffers=buffers,
+        tma_store=tma_store,
+        stream_h=stream_h,
     )
     seq = jax.ShapeDtypeStruct((batch, lp, d), out_dtype)
     out_shape = [seq] * p
     if adjoint:
-        out_shape += [jax.ShapeDtypeStruct((n_chunks * batch, d), _F32)] * p
+        out_shape.append(jax.ShapeDtypeStruct((n_chunks * batch, p, d), _F32))
         out_shape += [jax.ShapeDtypeStruct((batch, d), h0p[0].dtype)] * p
     n_tiles = chunk // TILE
-    staged = [v.dtype for v in (*xp, *hpp)]
+    staged = [v.dtype for v in (*xp, *(() if stream_h else hpp))]
     scratch = [plgpu.SMEM((buffers, n_tiles, TILE, BLOCK_D), dt) for dt in staged]
     scratch.append(plgpu.SMEM((2,), _I32))
     n_programs = n_chunks * batch * (d // BLOCK_D)
@@ -729,8 +800,11 @@ def run_bwd_lookback_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, chunk: int = CHUNK):
     """Planes ``(db, da, dh0)`` with :func:`pallas_kernels.linear_scan._run_bwd`'s
     conventions for a time-invariant ``a`` (``da`` per sequence, ``(batch, d)`` fp32)."""
     p = len(hp)
-    batch = hp[0].shape[0]
+    batch, _, d = hp[0].shape
     outs, n_chunks = _call(cfg, ap, dhp, hp, h0p, True, b_dtype, chunk, PROGRAMS_PER_SM)
-    db, da, dh0 = outs[:p], outs[p : 2 * p], outs[2 * p :]
-    da = tuple(jnp.sum(x.reshape(n_chunks, batch, -1), axis=0) for x in da)
+    db, (da,), dh0 = outs[:p], outs[p : p + 1], outs[p + 1 :]
+    # One reduction for every plane (over the sequences too for a shared a: (1, d) planes).
+    shared = ap[0].shape[0] == 1
+    da = jnp.sum(da.reshape(n_chunks, batch, p, d), axis=(0, 1) if shared else 0)
+    da = tuple(da[None, q] if shared else da[:, q] for q in range(p))
     return tuple(db), da, tuple(dh0)

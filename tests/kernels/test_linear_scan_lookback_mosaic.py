@@ -179,6 +179,23 @@ def test_persistent_matches_sequential(
     _check(rng, dtype, length, d, chunks, reverse, form, True)
 
 
+@pytest.mark.parametrize(
+    ("tma_store", "stream_h", "case"),
+    [
+        (True, True, ("complex64", 77, 128, 2, True, "per_seq", True)),
+        (False, False, ("bfloat16", 70, 192, 1, False, "shared", True)),
+    ],
+    ids=["tma-store-stream-h-c64-rev", "neither-bf16-d192"],
+)
+def test_store_and_h_forms_match_sequential(rng, monkeypatch, tma_store, stream_h, case):
+    """``TMA_STORE`` (rows written over the staged chunk, each tile stored from shared
+    memory) and ``STREAM_H`` (the backward's ``h`` loaded into registers instead of staged)
+    on and off: the same ``h`` and gradients."""
+    monkeypatch.setattr(lbm, "TMA_STORE", tma_store)
+    monkeypatch.setattr(lbm, "STREAM_H", stream_h)
+    _check(rng, *case)
+
+
 def test_status_words_round_trip(rng):
     """Published values decode to themselves bit for bit; only the NaN with every bit set
     (never produced by GPU arithmetic) encodes to the unpublished word 0."""
@@ -244,26 +261,42 @@ def _lowered(fn, *args) -> str:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "shape", "form", "reverse", "programs_per_sm", "window"),
+    ("dtype", "shape", "form", "reverse", "programs_per_sm", "window", "forms"),
     [
-        ("complex64", (8, 4096, 256), "shared", False, 0, 1),
-        ("float32", (2, 1000, 384), "per_seq", True, 0, 1),
-        ("bfloat16", (2, 1000, 128), "shared", False, 0, 1),
-        ("complex64", (2, 4096, 256), "per_seq", True, 1, 1),
-        ("complex64", (8, 4096, 256), "shared", True, 0, 8),
+        ("complex64", (8, 4096, 256), "shared", False, 0, 1, None),
+        ("float32", (2, 1000, 384), "per_seq", True, 0, 1, None),
+        ("bfloat16", (2, 1000, 128), "shared", False, 0, 1, None),
+        ("complex64", (2, 4096, 256), "per_seq", True, 1, 1, None),
+        ("complex64", (8, 4096, 256), "shared", True, 0, 8, None),
+        ("complex64", (8, 4096, 256), "per_seq", False, 0, 1, (True, True)),
+        ("bfloat16", (2, 1000, 128), "shared", True, 1, 1, (True, True)),
+        ("complex64", (8, 4096, 256), "shared", False, 0, 1, (False, False)),
     ],
-    ids=["c64-shared", "fp32-perseq-rev-odd", "bf16-odd", "c64-persistent-rev", "c64-window8"],
+    ids=[
+        "c64-shared",
+        "fp32-perseq-rev-odd",
+        "bf16-odd",
+        "c64-persistent-rev",
+        "c64-window8",
+        "c64-tma-store-stream-h",
+        "bf16-persistent-rev-tma-store-stream-h",
+        "c64-neither",
+    ],
 )
 def test_mosaic_lookback_lowers_to_mosaic_gpu(
-    hopper, monkeypatch, dtype, shape, form, reverse, programs_per_sm, window
+    hopper, monkeypatch, dtype, shape, form, reverse, programs_per_sm, window, forms
 ):
     """One Mosaic GPU kernel forward, two for the gradient w.r.t. ``a``, ``b``, ``h0``
     (forward and adjoint), no Triton kernel, each lowered for CUDA on this CPU: catches what
     the Mosaic GPU lowering rejects (TMA shapes, layouts, the inline PTX), which interpret
-    mode does not run. ``window``: ``LOOK_BACK_WINDOW``, chunks polled a look-back trip."""
+    mode does not run. ``window``: ``LOOK_BACK_WINDOW``, chunks polled a look-back trip;
+    ``forms``: ``(TMA_STORE, STREAM_H)`` (``None``: the defaults)."""
     monkeypatch.setattr(lbm, "on_hopper", lambda: True)
     monkeypatch.setattr(lbm, "PROGRAMS_PER_SM", programs_per_sm)
     monkeypatch.setattr(lbm, "LOOK_BACK_WINDOW", window)
+    if forms is not None:
+        monkeypatch.setattr(lbm, "TMA_STORE", forms[0])
+        monkeypatch.setattr(lbm, "STREAM_H", forms[1])
     batch, _, d = shape
     sds = jax.ShapeDtypeStruct
     a_shape = (d,) if form == "shared" else (batch, d)
