@@ -410,7 +410,6 @@ LINEAR_FORMS = (
     "lookback",
     "mosaic-lookback",
     "mosaic-lookback-agg",
-    "mosaic-lookback-w8",
 )
 
 
@@ -420,13 +419,11 @@ def check(
     """On-device correctness cases; ``linear_forms``: a subset of ``LINEAR_FORMS`` (the
     ``mosaic-*`` forms run on 256 channels, Hopper only: ``layout="mosaic"``, or
     ``"mosaic_lookback"`` for ``mosaic-lookback``, where with ``-agg`` only every third chunk
-    publishes its inclusive state, so look-backs add up aggregates on the GPU, and ``-w8``
-    the same with ``LOOK_BACK_WINDOW = 8``); ``ss_impls``:
+    publishes its inclusive state, so look-backs add up aggregates on the GPU); ``ss_impls``:
     the selective-scan rows checked (``"pallas"``, or ``"pallas:opts"`` the kernel called
     with options); ``ss_cases``: indices of the selective-scan cases to run (all if
     ``None``)."""
     ok = True
-    window = lookback_mosaic.LOOK_BACK_WINDOW
     linear_cases = [
         (dtype, length, rev, (4, 64) if form.startswith("mosaic") else (5, 3), form)
         for dtype, length, rev, form in itertools.product(
@@ -450,8 +447,7 @@ def check(
             chunks, layout = {33: 3, 1000: 32}.get(length, 1), "lookback"
         if form.startswith("mosaic-lookback"):  # 1000 steps: 16 chunks of 64 (24 padded)
             chunks, layout = {33: 2, 1000: 16}.get(length, 1), "mosaic_lookback"
-        lookback_mosaic.INCLUSIVE_EVERY = 3 if form.endswith(("-agg", "-w8")) else 1
-        lookback_mosaic.LOOK_BACK_WINDOW = 8 if form.endswith("-w8") else window
+        lookback_mosaic.INCLUSIVE_EVERY = 3 if form.endswith("-agg") else 1
         h0 = jnp.ones((2, *state), jnp.complex64 if dtype == "complex64" else jnp.float32) * 0.3
 
         def run(impl, a, b, h0, rev=rev, chunks=chunks, layout=layout):
@@ -473,7 +469,7 @@ def check(
             f"  {dtype:<9} l={length:<5} rev={rev!s:<5} s={state!s:<7} {form:<14}: "
             f"{e_f:.1e} / {e_g:.1e} " + ("ok" if good else "FAIL")
         )
-    lookback_mosaic.INCLUSIVE_EVERY, lookback_mosaic.LOOK_BACK_WINDOW = 1, window
+    lookback_mosaic.INCLUSIVE_EVERY = 1
     if not skip_ss:
         ok &= _check_ss(ss_impls, ss_cases)
     print(f"\nchecks: {'ALL OK' if ok else 'SOME FAILED'}", flush=True)

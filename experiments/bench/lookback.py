@@ -13,12 +13,12 @@ A config is ``T/block_d/num_warps`` (``chunks = l / T``); ``auto`` the library's
 grids: what GPUs other than Hopper get); ``m<T>`` the Mosaic GPU look-back scan
 (``layout="mosaic_lookback"``) with chunks of ``T`` steps (fewer where the staged chunk
 would not fit), ``m<T>p<k>`` its persistent form (``k`` programs per SM looping over the
-tickets, the next chunk staged while one is scanned), ``w<k>`` (after ``p``) its
-look-back polling ``k`` chunks a trip, a suffix ``e<k>``: only every ``k``-th chunk
-publishes its inclusive end state (the look-back's accumulation path, checked on the
-device), then ``s``: rows stored by TMA from shared memory (``TMA_STORE``), ``r``: the
-backward's ``h`` loaded into registers instead of staged (``STREAM_H``), each off where
-its letter is absent (the library's default is ``m64sr``); e.g. ``m64w8sr``.
+tickets, the next chunk staged while one is scanned), a suffix ``e<k>``: only every
+``k``-th chunk publishes its inclusive end state (the look-back's accumulation path,
+checked on the device), then ``s``: rows stored by TMA from shared memory
+(``TMA_STORE``), ``r``: the backward's ``h`` loaded into registers instead of staged
+(``STREAM_H``), each off where its letter is absent (the library's default is ``m64sr``);
+e.g. ``m64p1e3sr``.
 """
 
 import argparse
@@ -36,7 +36,6 @@ from experiments.bench.scan import native_associative
 from pallas_kernels.linear_scan import linear_scan_planes
 
 # The library's defaults.
-WINDOW = lookback_mosaic.LOOK_BACK_WINDOW
 TMA_STORE = lookback_mosaic.TMA_STORE
 STREAM_H = lookback_mosaic.STREAM_H
 
@@ -83,15 +82,13 @@ def main(argv=None):
     for cfg in args.configs.split(","):
         lookback_mosaic.INCLUSIVE_EVERY = 1
         lookback_mosaic.PROGRAMS_PER_SM = 0
-        lookback_mosaic.LOOK_BACK_WINDOW = WINDOW
         lookback_mosaic.TMA_STORE = TMA_STORE
         lookback_mosaic.STREAM_H = STREAM_H
-        pattern = r"m(\d+)(?:p(\d+))?(?:w(\d+))?(?:e(\d+))?(s?)(r?)"
+        pattern = r"m(\d+)(?:p(\d+))?(?:e(\d+))?(s?)(r?)"
         if m := re.fullmatch(pattern, cfg):
-            t, per_sm, window, every, tma_store, stream_h = m.groups()
+            t, per_sm, every, tma_store, stream_h = m.groups()
             lookback_mosaic.INCLUSIVE_EVERY = int(every or 1)
             lookback_mosaic.PROGRAMS_PER_SM = int(per_sm or 0)
-            lookback_mosaic.LOOK_BACK_WINDOW = int(window or WINDOW)
             lookback_mosaic.TMA_STORE = bool(tma_store)  # (each form as named)
             lookback_mosaic.STREAM_H = bool(stream_h)
             kw = dict(layout="mosaic_lookback", chunks=-(-length // int(t)))

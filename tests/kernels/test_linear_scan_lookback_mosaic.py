@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import pallas_kernels._linear_scan_lookback_mosaic as lbm
+import pallas_kernels._lookback_mosaic_ops as lbo
 import pallas_kernels.linear_scan as ls
 from pallas_kernels.linear_scan import linear_scan
 from ssmjax.ops import linear_recurrence
@@ -144,7 +145,7 @@ def test_aggregates_are_not_inclusive_states(rng, monkeypatch):
     """Sensitivity of the check above: a look-back that takes a chunk's aggregate as its
     inclusive end state (reads aggregate rows for both) gets a wrong forward."""
     monkeypatch.setattr(lbm, "INCLUSIVE_EVERY", 3)
-    look_back = lbm._Interpret.look_back
+    look_back = lbo._Interpret.look_back
 
     def aggregates_only(self, status_ref, k0, rows_of, *args):
         return look_back(self, status_ref, k0, lambda k, inc: rows_of(k, False), *args)
@@ -153,7 +154,7 @@ def test_aggregates_are_not_inclusive_states(rng, monkeypatch):
     kw = dict(interpret=True, layout="mosaic_lookback", chunks=4)
     h_ref, _ = _reference(a, b, h0, b, False)
     assert_allclose(linear_scan(a, b, h0, **kw), h_ref, n=100)
-    monkeypatch.setattr(lbm._Interpret, "look_back", aggregates_only)
+    monkeypatch.setattr(lbo._Interpret, "look_back", aggregates_only)
     h = np.asarray(linear_scan(a, b, h0, **kw))
     assert np.max(np.abs(h[:, 32:] - h_ref[:, 32:])) > 0.1  # chunks 1-3 start wrong
     np.testing.assert_allclose(h[:, :32], h_ref[:, :32], rtol=1e-4, atol=1e-4)
@@ -203,20 +204,20 @@ def test_status_words_round_trip(rng):
         [special, rng.normal(size=256).astype(np.float32) * 1e3, denormals.view(np.float32)]
     )
     assert np.sum(np.abs(x) < np.finfo(np.float32).tiny) > 64  # denormals and zeros
-    w = lbm._encode(jnp.asarray(x))
+    w = lbo._encode(jnp.asarray(x))
     assert w.dtype == jnp.int32 and w.shape == x.shape
     np.testing.assert_array_equal(np.asarray(w), ~x.view(np.int32))
     assert not np.any(np.asarray(w) == 0)
-    back = np.asarray(lbm._decode(w))
+    back = np.asarray(lbo._decode(w))
     assert back.dtype == np.float32
     np.testing.assert_array_equal(back.view(np.int32), x.view(np.int32))
     # NaNs: the GPU's canonical one (0x7FFFFFFF) and jnp.nan are published; 0xFFFFFFFF is
     # the one value that reads as unpublished.
     nans = np.asarray([0x7FFFFFFF, 0xFFFFFFFF], np.uint32).view(np.float32)
-    nan_words = np.asarray(lbm._encode(jnp.asarray(nans)))
+    nan_words = np.asarray(lbo._encode(jnp.asarray(nans)))
     assert nan_words[0] != 0 and nan_words[1] == 0
-    assert int(lbm._encode(jnp.float32(jnp.nan))) != 0
-    assert np.asarray(lbm._decode(jnp.asarray(nan_words))).view(np.uint32)[0] == 0x7FFFFFFF
+    assert int(lbo._encode(jnp.float32(jnp.nan))) != 0
+    assert np.asarray(lbo._decode(jnp.asarray(nan_words))).view(np.uint32)[0] == 0x7FFFFFFF
 
 
 @pytest.mark.parametrize(
@@ -254,42 +255,36 @@ def _lowered(fn, *args) -> str:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "shape", "form", "reverse", "programs_per_sm", "window", "forms"),
+    ("dtype", "shape", "form", "reverse", "programs_per_sm", "knobs_on"),
     [
-        ("complex64", (8, 4096, 256), "shared", False, 0, 1, None),
-        ("float32", (2, 1000, 384), "per_seq", True, 0, 1, None),
-        ("bfloat16", (2, 1000, 128), "shared", False, 0, 1, None),
-        ("complex64", (2, 4096, 256), "per_seq", True, 1, 1, None),
-        ("complex64", (8, 4096, 256), "shared", True, 0, 8, None),
-        ("complex64", (8, 4096, 256), "per_seq", False, 0, 1, (True, True)),
-        ("bfloat16", (2, 1000, 128), "shared", True, 1, 1, (True, True)),
-        ("complex64", (8, 4096, 256), "shared", False, 0, 1, (False, False)),
+        ("complex64", (8, 4096, 256), "shared", False, 0, True),
+        ("float32", (2, 1000, 384), "per_seq", True, 0, True),
+        ("bfloat16", (2, 1000, 128), "shared", False, 0, True),
+        ("complex64", (2, 4096, 256), "per_seq", True, 1, True),
+        ("complex64", (8, 4096, 256), "shared", True, 0, False),
+        ("bfloat16", (2, 1000, 128), "per_seq", True, 1, False),
     ],
     ids=[
         "c64-shared",
         "fp32-perseq-rev-odd",
         "bf16-odd",
         "c64-persistent-rev",
-        "c64-window8",
-        "c64-tma-store-stream-h",
-        "bf16-persistent-rev-tma-store-stream-h",
-        "c64-neither",
+        "c64-rev-knobs-off",
+        "bf16-persistent-rev-knobs-off",
     ],
 )
 def test_mosaic_lookback_lowers_to_mosaic_gpu(
-    hopper, monkeypatch, dtype, shape, form, reverse, programs_per_sm, window, forms
+    hopper, monkeypatch, dtype, shape, form, reverse, programs_per_sm, knobs_on
 ):
     """One Mosaic GPU kernel forward, two for the gradient w.r.t. ``a``, ``b``, ``h0``
     (forward and adjoint), no Triton kernel, each lowered for CUDA on this CPU: catches what
     the Mosaic GPU lowering rejects (TMA shapes, layouts, the inline PTX), which interpret
-    mode does not run. ``window``: ``LOOK_BACK_WINDOW``, chunks polled a look-back trip;
-    ``forms``: ``(TMA_STORE, STREAM_H)`` (``None``: the defaults)."""
+    mode does not run. ``knobs_on``: ``TMA_STORE`` and ``STREAM_H`` as by default (on) or
+    both off."""
     monkeypatch.setattr(lbm, "on_hopper", lambda: True)
     monkeypatch.setattr(lbm, "PROGRAMS_PER_SM", programs_per_sm)
-    monkeypatch.setattr(lbm, "LOOK_BACK_WINDOW", window)
-    if forms is not None:
-        monkeypatch.setattr(lbm, "TMA_STORE", forms[0])
-        monkeypatch.setattr(lbm, "STREAM_H", forms[1])
+    monkeypatch.setattr(lbm, "TMA_STORE", knobs_on)
+    monkeypatch.setattr(lbm, "STREAM_H", knobs_on)
     batch, _, d = shape
     sds = jax.ShapeDtypeStruct
     a_shape = (d,) if form == "shared" else (batch, d)
