@@ -104,6 +104,17 @@ TMA_STORE = True
 # the chunk starts instead of staging it in shared memory (half the shared memory a program
 # takes, so more programs fit on an SM).
 STREAM_H = True
+# SPECULATE: a program stages the chunk of its grid index before its ticket comes (the GPU
+# mostly starts programs in grid order, so the ticket mostly equals it; where not, the guessed
+# copies are waited for and the ticket's chunk staged).
+SPECULATE = False
+# READ_WAIT: a program waits for its TMA stores only until they have read shared memory, not
+# until their writes land in HBM (nothing in the kernel reads them).
+READ_WAIT = False
+# SIBLING_DA: da summed by one reduction per plane of the kernel's one da array (siblings XLA
+# can fuse into one kernel with an output per plane) instead of one reduction then a copy
+# per plane.
+SIBLING_DA = False
 
 
 def supported(d: int, chunk: int, staged_bytes: int, interpret: bool) -> str | None:
@@ -141,10 +152,13 @@ def _kernel(
     buffers,
     tma_store,
     stream_h,
+    speculate,
 ):
     """Chunks of ``chunk`` steps of 128 channels of one sequence, picked by ticket, until the
     tickets run out (a program may take many: the grid can be smaller than the chunks).
-    With ``buffers == 2`` the next chunk is staged while this one is scanned.
+    With ``buffers == 2`` the next chunk is staged while this one is scanned; with
+    ``buffers == 1`` a program takes one ticket (with ``speculate``, staging the chunk of its
+    grid index while the ticket comes, and again if the ticket differs).
 
     Refs (lists of ``n_planes`` planes): inputs ``a`` ``(Ba, d)``, ``x`` ``(batch, length,
     d)`` (``b``, or ``dh`` when ``adjoint``), ``h`` (``adjoint`` only, for ``da``), ``h0``
@@ -313,17 +327,30 @@ def _kernel(
 
     def body(state):
         t, k = state
-        if buffers == 2:
-            buf = k % 2
-            t_next = next_ticket(k + 1, 1 - buf)
-            process(t, buf)
-        else:
-            process(t, 0)
-            t_next = next_ticket(k + 1, 0)
+        buf = k % 2
+        t_next = next_ticket(k + 1, 1 - buf)
+        process(t, buf)
         return t_next, k + 1
 
-    first = next_ticket(jnp.int32(0), 0)
-    lax.while_loop(lambda s: s[0] < n_work, body, (first, jnp.int32(0)))
+    if buffers == 2:  # persistent: loop over tickets, the next chunk staged during a scan
+        first = next_ticket(jnp.int32(0), 0)
+        lax.while_loop(lambda s: s[0] < n_work, body, (first, jnp.int32(0)))
+        return
+    # One chunk a program (the grid is the chunks: every ticket is below n_work).
+    if not speculate:
+        t = next_ticket(jnp.int32(0), 0)
+    else:  # stage the grid index's chunk before the ticket comes; again if they differ
+        guess = ops.program_index()
+        issue(guess, 0)
+        t = ops.ticket(counter_ref, tick_ref, 0)
+
+        @pl.when(t != guess)
+        def _():
+            for u in tiles:  # the guessed copies land before the buffer is staged again
+                ops.wait(bar(0, u))
+            issue(t, 0)
+
+    pl.when(t < n_work)(lambda: process(t, 0))
 
 
 def _sm_count() -> int:
@@ -350,7 +377,7 @@ def _call(cfg, ap, xp, hpp, h0p, adjoint: bool, out_dtype, chunk: int, programs_
     hpp = tuple(_pad(v, pad, cfg.reverse) for v in hpp)
     lp = length + pad
     interpret = cfg.interpret
-    ops = _Interpret() if interpret else _Compiled()
+    ops = _Interpret() if interpret else _Compiled(read_wait=READ_WAIT)
     kernel = functools.partial(
         _kernel,
         ops=ops,
@@ -368,6 +395,7 @@ def _call(cfg, ap, xp, hpp, h0p, adjoint: bool, out_dtype, chunk: int, programs_
         buffers=buffers,
         tma_store=tma_store,
         stream_h=stream_h,
+        speculate=SPECULATE and not programs_per_sm,
     )
     seq = jax.ShapeDtypeStruct((batch, lp, d), out_dtype)
     out_shape = [seq] * p
@@ -439,6 +467,13 @@ def run_bwd_lookback_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, chunk: int = CHUNK):
     db, (da,), dh0 = outs[:p], outs[p : p + 1], outs[p + 1 :]
     # One reduction for every plane (over the sequences too for a shared a: (1, d) planes).
     shared = ap[0].shape[0] == 1
-    da = jnp.sum(da.reshape(n_chunks, batch, p, d), axis=(0, 1) if shared else 0)
-    da = tuple(da[None, q] if shared else da[:, q] for q in range(p))
+    da = da.reshape(n_chunks, batch, p, d)
+    if SIBLING_DA:  # one reduction a plane, of the same array: XLA fuses them into one
+        da = tuple(
+            jnp.sum(da[:, :, q], axis=(0, 1))[None] if shared else jnp.sum(da[:, :, q], axis=0)
+            for q in range(p)
+        )
+    else:
+        da = jnp.sum(da, axis=(0, 1) if shared else 0)
+        da = tuple(da[None, q] if shared else da[:, q] for q in range(p))
     return tuple(db), da, tuple(dh0)

@@ -414,7 +414,13 @@ LINEAR_FORMS = (
 
 
 def check(
-    skip_linear=False, linear_forms=LINEAR_FORMS, skip_ss=False, ss_impls=("pallas",), ss_cases=None
+    skip_linear=False,
+    linear_forms=LINEAR_FORMS,
+    skip_ss=False,
+    ss_impls=("pallas",),
+    ss_cases=None,
+    linear_dtypes=("float32", "complex64", "bfloat16"),
+    linear_lengths=(1, 33, 1000),
 ):
     """On-device correctness cases; ``linear_forms``: a subset of ``LINEAR_FORMS`` (the
     ``mosaic-*`` forms run on 256 channels, Hopper only: ``layout="mosaic"``, or
@@ -422,12 +428,13 @@ def check(
     publishes its inclusive state, so look-backs add up aggregates on the GPU); ``ss_impls``:
     the selective-scan rows checked (``"pallas"``, or ``"pallas:opts"`` the kernel called
     with options); ``ss_cases``: indices of the selective-scan cases to run (all if
-    ``None``)."""
+    ``None``); ``linear_dtypes``, ``linear_lengths``: the linear_scan cases' dtypes and
+    lengths (subsets of the defaults)."""
     ok = True
     linear_cases = [
         (dtype, length, rev, (4, 64) if form.startswith("mosaic") else (5, 3), form)
         for dtype, length, rev, form in itertools.product(
-            ("float32", "complex64", "bfloat16"), (1, 33, 1000), (False, True), linear_forms
+            linear_dtypes, linear_lengths, (False, True), linear_forms
         )
     ]
     if skip_linear:
@@ -628,6 +635,16 @@ def main(argv=None):
         help="comma-separated linear_scan check forms: " + ", ".join(LINEAR_FORMS),
     )
     parser.add_argument(
+        "--linear-dtypes",
+        default="float32,complex64,bfloat16",
+        help="comma-separated dtypes of the linear_scan checks",
+    )
+    parser.add_argument(
+        "--linear-lengths",
+        default="1,33,1000",
+        help="comma-separated lengths of the linear_scan checks (of 1, 33, 1000)",
+    )
+    parser.add_argument(
         "--scan-impls",
         default="pallas,associative,chunked,lax.associative_scan,lax.scan",
         help="comma-separated linear_recurrence rows (its implementations, or the plain JAX "
@@ -681,6 +698,8 @@ def main(argv=None):
             None
             if args.ss_check_cases is None
             else [int(i) for i in args.ss_check_cases.split(",")],
+            args.linear_dtypes.split(","),
+            [int(n) for n in args.linear_lengths.split(",")],
         )
     if not args.no_bench:
         bench(args)

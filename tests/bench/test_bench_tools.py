@@ -348,17 +348,18 @@ def test_lookback_bench_reports_each_config(capsys):
     import pallas_kernels._linear_scan_lookback_mosaic as lbm
     from experiments.bench.lookback import main
 
-    knobs = ("INCLUSIVE_EVERY", "PROGRAMS_PER_SM", "TMA_STORE", "STREAM_H")
+    knobs = ("INCLUSIVE_EVERY", "PROGRAMS_PER_SM", "TMA_STORE", "STREAM_H", "SPECULATE")
+    knobs += ("READ_WAIT", "SIBLING_DA")
     defaults = {k: getattr(lbm, k) for k in knobs}
     try:
-        main(["--shape", "1x16x8", "--configs", "auto,triton,8/8/1,m64,m32p1e2sr"])
+        main(["--shape", "1x16x8", "--configs", "auto,triton,8/8/1,m64,m32p1e2srgdx"])
         out = capsys.readouterr().out
         for cfg in ("| lax.associative_scan |", "| auto |", "| triton |", "| 8/8/1 |"):
             assert cfg in out
-        assert "| m64 |" in out and "| m32p1e2sr |" in out
+        assert "| m64 |" in out and "| m32p1e2srgdx |" in out
         assert out.count("needs a GPU") == 10  # printed as each row is made, then in the table
         # The Mosaic look-back row's knobs were set for it (the last row).
-        assert [getattr(lbm, k) for k in knobs] == [2, 1, True, True]
+        assert [getattr(lbm, k) for k in knobs] == [2, 1, True, True, True, True, True]
     finally:
         for k, v in defaults.items():
             setattr(lbm, k, v)
