@@ -49,15 +49,20 @@ lowering passes in zero-filled to every call (checked in the lowered program by 
 ``plgpu.kernel`` on JAX 0.11 has no input/output aliasing for buffers of our own, and
 ``pl.pallas_call`` no longer lowers to Mosaic GPU).
 
-Measured on the H100 (BENCHMARKS.md, seventeenth and eighteenth sessions; device time,
-complex time-invariant planes, 64-step chunks): forward+backward 0.140 ms at (8, 4096, 256)
-(forward kernel 0.054, backward kernel 0.079 ms: ~2.5 and ~2.5 TB/s), against 0.145 with
-neither ``TMA_STORE`` nor ``STREAM_H``, 0.157 for the two-read L-parallel Mosaic scan and
-0.390 for plain ``lax.associative_scan`` (2.79x); 0.143 at (4, 8192, 256) and (1, 16384,
-512). The persistent form (``PROGRAMS_PER_SM``: a resident grid looping over tickets, the
-next chunk staged during the scan) measured slower (0.166-0.168 ms), and so did 32-step
-chunks for the backward (0.155), so both are off; a look-back polling 4 or 8 chunks a trip
-was no faster (0.147-0.148 against 0.148), so it was removed.
+Measured on the H100 (BENCHMARKS.md, seventeenth to nineteenth sessions; device time,
+complex time-invariant planes, 64-step chunks): forward+backward 0.138-0.139 ms at (8, 4096,
+256) (forward kernel 0.055, backward kernel 0.076 ms: ~2.45 and ~2.6 TB/s), against 0.145
+with neither ``TMA_STORE`` nor ``STREAM_H``, 0.157 for the two-read L-parallel Mosaic scan
+and 0.390 for plain ``lax.associative_scan`` (2.81x); 0.143 at (4, 8192, 256) and (1, 16384,
+512) (eighteenth session). Where the forward's time goes (``experiments/bench/
+lookback_parts.py``): with neither the look-back nor the ticket it would move its bytes as
+fast as a TMA copy of the same chunks or XLA's copy (0.048 ms, 2.8 TB/s); the look-back
+(publish and wait) costs ~0.005 ms, the ticket ~0.0015. The persistent form
+(``PROGRAMS_PER_SM``: a resident grid looping over tickets, the next chunk staged during the
+scan) measured slower (0.166-0.168 ms), and so did 32-step chunks for the backward (0.155),
+so both are off. Removed after measuring: a look-back polling 4 or 8 chunks a trip (no
+faster), staging the grid index's chunk before the ticket comes (0.153: slower), TMA stores
+waited for only until read (no faster) and sibling ``da`` reductions (no faster).
 """
 
 from __future__ import annotations
@@ -104,17 +109,6 @@ TMA_STORE = True
 # the chunk starts instead of staging it in shared memory (half the shared memory a program
 # takes, so more programs fit on an SM).
 STREAM_H = True
-# SPECULATE: a program stages the chunk of its grid index before its ticket comes (the GPU
-# mostly starts programs in grid order, so the ticket mostly equals it; where not, the guessed
-# copies are waited for and the ticket's chunk staged).
-SPECULATE = False
-# READ_WAIT: a program waits for its TMA stores only until they have read shared memory, not
-# until their writes land in HBM (nothing in the kernel reads them).
-READ_WAIT = False
-# SIBLING_DA: da summed by one reduction per plane of the kernel's one da array (siblings XLA
-# can fuse into one kernel with an output per plane) instead of one reduction then a copy
-# per plane.
-SIBLING_DA = False
 
 
 def supported(d: int, chunk: int, staged_bytes: int, interpret: bool) -> str | None:
@@ -152,13 +146,11 @@ def _kernel(
     buffers,
     tma_store,
     stream_h,
-    speculate,
 ):
     """Chunks of ``chunk`` steps of 128 channels of one sequence, picked by ticket, until the
     tickets run out (a program may take many: the grid can be smaller than the chunks).
     With ``buffers == 2`` the next chunk is staged while this one is scanned; with
-    ``buffers == 1`` a program takes one ticket (with ``speculate``, staging the chunk of its
-    grid index while the ticket comes, and again if the ticket differs).
+    ``buffers == 1`` (a program per chunk) a program takes one ticket.
 
     Refs (lists of ``n_planes`` planes): inputs ``a`` ``(Ba, d)``, ``x`` ``(batch, length,
     d)`` (``b``, or ``dh`` when ``adjoint``), ``h`` (``adjoint`` only, for ``da``), ``h0``
@@ -337,19 +329,7 @@ def _kernel(
         lax.while_loop(lambda s: s[0] < n_work, body, (first, jnp.int32(0)))
         return
     # One chunk a program (the grid is the chunks: every ticket is below n_work).
-    if not speculate:
-        t = next_ticket(jnp.int32(0), 0)
-    else:  # stage the grid index's chunk before the ticket comes; again if they differ
-        guess = ops.program_index()
-        issue(guess, 0)
-        t = ops.ticket(counter_ref, tick_ref, 0)
-
-        @pl.when(t != guess)
-        def _():
-            for u in tiles:  # the guessed copies land before the buffer is staged again
-                ops.wait(bar(0, u))
-            issue(t, 0)
-
+    t = next_ticket(jnp.int32(0), 0)
     pl.when(t < n_work)(lambda: process(t, 0))
 
 
@@ -377,7 +357,7 @@ def _call(cfg, ap, xp, hpp, h0p, adjoint: bool, out_dtype, chunk: int, programs_
     hpp = tuple(_pad(v, pad, cfg.reverse) for v in hpp)
     lp = length + pad
     interpret = cfg.interpret
-    ops = _Interpret() if interpret else _Compiled(read_wait=READ_WAIT)
+    ops = _Interpret() if interpret else _Compiled()
     kernel = functools.partial(
         _kernel,
         ops=ops,
@@ -395,7 +375,6 @@ def _call(cfg, ap, xp, hpp, h0p, adjoint: bool, out_dtype, chunk: int, programs_
         buffers=buffers,
         tma_store=tma_store,
         stream_h=stream_h,
-        speculate=SPECULATE and not programs_per_sm,
     )
     seq = jax.ShapeDtypeStruct((batch, lp, d), out_dtype)
     out_shape = [seq] * p
@@ -467,13 +446,6 @@ def run_bwd_lookback_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, chunk: int = CHUNK):
     db, (da,), dh0 = outs[:p], outs[p : p + 1], outs[p + 1 :]
     # One reduction for every plane (over the sequences too for a shared a: (1, d) planes).
     shared = ap[0].shape[0] == 1
-    da = da.reshape(n_chunks, batch, p, d)
-    if SIBLING_DA:  # one reduction a plane, of the same array: XLA fuses them into one
-        da = tuple(
-            jnp.sum(da[:, :, q], axis=(0, 1))[None] if shared else jnp.sum(da[:, :, q], axis=0)
-            for q in range(p)
-        )
-    else:
-        da = jnp.sum(da, axis=(0, 1) if shared else 0)
-        da = tuple(da[None, q] if shared else da[:, q] for q in range(p))
+    da = jnp.sum(da.reshape(n_chunks, batch, p, d), axis=(0, 1) if shared else 0)
+    da = tuple(da[None, q] if shared else da[:, q] for q in range(p))
     return tuple(db), da, tuple(dh0)

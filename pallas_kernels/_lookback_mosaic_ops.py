@@ -15,7 +15,6 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.experimental import pallas as pl
 
 from pallas_kernels._linear_scan_mosaic import _mul
 from pallas_kernels._mosaic_common import BLOCK_D, plgpu
@@ -37,9 +36,6 @@ class _Interpret:
     them all); status words are plain refs."""
 
     interpret = True
-
-    def program_index(self):
-        return pl.program_id(0)
 
     def ticket(self, counter_ref, tick_ref, slot):
         del tick_ref, slot
@@ -114,8 +110,9 @@ class _Compiled:
 
     interpret = False
 
-    def program_index(self):
-        return lax.axis_index("p")
+    def __init__(self):
+        self.vec_layout = plgpu.Layout.WG_STRIDED((BLOCK_D,), vec_size=1)
+        self.scalar = plgpu.Layout.WG_SPLAT(())
 
     def vec(self, ref):
         return plgpu.load(ref, (), layout=self.vec_layout, optimized=False)
@@ -142,16 +139,9 @@ class _Compiled:
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(src, dst)
 
-    def __init__(self, read_wait=False):
-        self.vec_layout = plgpu.Layout.WG_STRIDED((BLOCK_D,), vec_size=1)
-        self.scalar = plgpu.Layout.WG_SPLAT(())
-        self.read_wait = read_wait
-
     def drain(self):
-        """Waits for this program's TMA stores (before its shared memory is staged again,
-        or the program ends): with ``read_wait``, only until they have read shared memory
-        (their writes to HBM go on; nothing in the kernel reads them)."""
-        plgpu.wait_smem_to_gmem(0, wait_read_only=self.read_wait)
+        """Waits for this program's TMA stores (before its shared memory is staged again)."""
+        plgpu.wait_smem_to_gmem(0)
 
     def ticket(self, counter_ref, tick_ref, slot):
         """One thread adds 1 to the counter (``atom.add``, its old value is the ticket) and

@@ -64,10 +64,10 @@ Design (one kernel forward, one fused kernel backward):
 * ``layout="mosaic_lookback"`` (time-invariant ``a``; Hopper): the same single-read schedule
   as a Pallas Mosaic GPU kernel (:mod:`pallas_kernels._linear_scan_lookback_mosaic`): every
   chunk (default 64 steps) staged once by TMA into shared memory, the ticket and the status
-  words in PTX through ``plgpu.inline_mgpu``. On the H100 forward+backward 0.140 ms at
+  words in PTX through ``plgpu.inline_mgpu``. On the H100 forward+backward 0.139 ms at
   (8, 4096, 256) complex, against 0.157 for the L-parallel Mosaic scan; the automatic
   choice for complex planes where that scan would be taken (:func:`auto_lookback`;
-  BENCHMARKS.md, seventeenth and eighteenth sessions).
+  BENCHMARKS.md, seventeenth to nineteenth sessions).
 
 The reference this is tested against is ``ssmjax.ops.linear_recurrence(...,
 implementation="sequential")``.

@@ -17,10 +17,7 @@ tickets, the next chunk staged while one is scanned), a suffix ``e<k>``: only ev
 ``k``-th chunk publishes its inclusive end state (the look-back's accumulation path,
 checked on the device), then ``s``: rows stored by TMA from shared memory
 (``TMA_STORE``), ``r``: the backward's ``h`` loaded into registers instead of staged
-(``STREAM_H``), ``g``: the chunk of the grid index staged before the ticket comes
-(``SPECULATE``), ``d``: TMA stores waited for only until they have read shared memory
-(``READ_WAIT``), ``x``: ``da`` summed per plane by sibling reductions (``SIBLING_DA``),
-each off where its letter is absent (the library's default is ``m64sr``);
+(``STREAM_H``), each off where its letter is absent (the library's default is ``m64sr``);
 e.g. ``m64p1e3sr``.
 """
 
@@ -41,9 +38,6 @@ from pallas_kernels.linear_scan import linear_scan_planes
 # The library's defaults.
 TMA_STORE = lookback_mosaic.TMA_STORE
 STREAM_H = lookback_mosaic.STREAM_H
-SPECULATE = lookback_mosaic.SPECULATE
-READ_WAIT = lookback_mosaic.READ_WAIT
-SIBLING_DA = lookback_mosaic.SIBLING_DA
 
 
 def _grad(run, cp):
@@ -90,19 +84,13 @@ def main(argv=None):
         lookback_mosaic.PROGRAMS_PER_SM = 0
         lookback_mosaic.TMA_STORE = TMA_STORE
         lookback_mosaic.STREAM_H = STREAM_H
-        lookback_mosaic.SPECULATE = SPECULATE
-        lookback_mosaic.READ_WAIT = READ_WAIT
-        lookback_mosaic.SIBLING_DA = SIBLING_DA
-        pattern = r"m(\d+)(?:p(\d+))?(?:e(\d+))?(s?)(r?)(g?)(d?)(x?)"
+        pattern = r"m(\d+)(?:p(\d+))?(?:e(\d+))?(s?)(r?)"
         if m := re.fullmatch(pattern, cfg):
-            t, per_sm, every, tma_store, stream_h, speculate, read_wait, sib = m.groups()
+            t, per_sm, every, tma_store, stream_h = m.groups()
             lookback_mosaic.INCLUSIVE_EVERY = int(every or 1)
             lookback_mosaic.PROGRAMS_PER_SM = int(per_sm or 0)
             lookback_mosaic.TMA_STORE = bool(tma_store)  # (each form as named)
             lookback_mosaic.STREAM_H = bool(stream_h)
-            lookback_mosaic.SPECULATE = bool(speculate)
-            lookback_mosaic.READ_WAIT = bool(read_wait)
-            lookback_mosaic.SIBLING_DA = bool(sib)
             kw = dict(layout="mosaic_lookback", chunks=-(-length // int(t)))
         elif cfg == "auto":
             kw = {}

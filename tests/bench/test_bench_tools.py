@@ -348,18 +348,55 @@ def test_lookback_bench_reports_each_config(capsys):
     import pallas_kernels._linear_scan_lookback_mosaic as lbm
     from experiments.bench.lookback import main
 
-    knobs = ("INCLUSIVE_EVERY", "PROGRAMS_PER_SM", "TMA_STORE", "STREAM_H", "SPECULATE")
-    knobs += ("READ_WAIT", "SIBLING_DA")
+    knobs = ("INCLUSIVE_EVERY", "PROGRAMS_PER_SM", "TMA_STORE", "STREAM_H")
     defaults = {k: getattr(lbm, k) for k in knobs}
     try:
-        main(["--shape", "1x16x8", "--configs", "auto,triton,8/8/1,m64,m32p1e2srgdx"])
+        main(["--shape", "1x16x8", "--configs", "auto,triton,8/8/1,m64,m32p1e2sr"])
         out = capsys.readouterr().out
         for cfg in ("| lax.associative_scan |", "| auto |", "| triton |", "| 8/8/1 |"):
             assert cfg in out
-        assert "| m64 |" in out and "| m32p1e2srgdx |" in out
+        assert "| m64 |" in out and "| m32p1e2sr |" in out
         assert out.count("needs a GPU") == 10  # printed as each row is made, then in the table
         # The Mosaic look-back row's knobs were set for it (the last row).
-        assert [getattr(lbm, k) for k in knobs] == [2, 1, True, True, True, True, True]
+        assert [getattr(lbm, k) for k in knobs] == [2, 1, True, True]
     finally:
         for k, v in defaults.items():
             setattr(lbm, k, v)
+
+
+def test_lookback_parts_variants_lower_for_cuda(monkeypatch):
+    """``experiments.bench.lookback_parts``: its TMA copy kernel (both waits) and the
+    look-back kernel with the look-back or the ticket taken out each lower to one Mosaic
+    GPU kernel for CUDA on this CPU, and the copy takes no scan."""
+    import jax
+    import jax.numpy as jnp
+
+    import experiments.bench.lookback_parts as parts
+    import pallas_kernels._linear_scan_lookback_mosaic as lbm
+    import pallas_kernels.linear_scan as ls
+    from pallas_kernels.linear_scan import linear_scan_planes
+
+    monkeypatch.setattr(ls, "check_backend", lambda *a: None)
+    monkeypatch.setattr(lbm, "on_hopper", lambda: True)
+    lower = lambda f, *a: jax.jit(f).trace(*a).lower(lowering_platforms=("cuda",)).as_text()
+    bp = (jnp.ones((2, 128, 256)), jnp.ones((2, 128, 256)))
+    ap = (jnp.full((256,), 0.5), jnp.full((256,), 0.1))
+    for form in ((64, 128, False), (32, 256, True)):  # chunk, width, read_wait
+        text = lower(lambda bp, form=form: parts.tma_copy(bp, *form), bp)
+        assert text.count("mosaic_gpu") >= 1 and "tma_copy" in text
+    for ops in (parts._NoWait, parts._NoTicket, parts._NoTicketNoWait):
+        monkeypatch.setattr(lbm, "_Compiled", ops)
+        text = lower(lambda ap, bp: linear_scan_planes(ap, bp, layout="mosaic_lookback"), ap, bp)
+        assert "linear_scan_lookback_mosaic" in text
+
+
+def test_lookback_parts_rows_on_a_cpu(capsys):
+    """On a CPU every row is printed: the XLA copy runs (no device time), the Mosaic rows
+    say why they cannot."""
+    from experiments.bench.lookback_parts import main
+
+    main(["--shape", "1x64x128", "--copies", "c64w128"])
+    out = capsys.readouterr().out
+    for row in ("xla copy", "tma copy c64w128", "kernel", "no wait", "no ticket"):
+        assert f"| {row} |" in out
+    assert out.count("needs a GPU") >= 4

@@ -190,27 +190,6 @@ def test_global_stores_and_staged_h_match_sequential(rng, monkeypatch):
     _check(rng, "bfloat16", 70, 192, 1, False, "shared", True)
 
 
-@pytest.mark.parametrize("guess", ["grid", "reversed"])
-def test_speculative_staging_matches_sequential(rng, monkeypatch, guess):
-    """``SPECULATE``: each program stages the chunk of its grid index before its ticket
-    comes. In the interpreter the tickets follow the grid (``"grid"``: every guess right);
-    ``"reversed"`` guesses the mirrored chunk, so most programs wait for the wrong copies
-    and stage again. With ``da`` summed by sibling reductions (``SIBLING_DA``), for a shared
-    and a per-sequence ``a``."""
-    monkeypatch.setattr(lbm, "SPECULATE", True)
-    monkeypatch.setattr(lbm, "SIBLING_DA", True)
-    if guess == "reversed":
-        n_work = 3 * BATCH * 2  # chunks x sequences x channel blocks below
-
-        class Wrong(lbo._Interpret):
-            def program_index(self):
-                return n_work - 1 - super().program_index()
-
-        monkeypatch.setattr(lbm, "_Interpret", Wrong)
-    form = "per_seq" if guess == "reversed" else "shared"
-    _check(rng, "complex64", 90, 256, 3, guess == "reversed", form, True)
-
-
 def test_status_words_round_trip(rng):
     """Published values decode to themselves bit for bit; only the NaN with every bit set
     (never produced by GPU arithmetic) encodes to the unpublished word 0."""
@@ -300,15 +279,12 @@ def test_mosaic_lookback_lowers_to_mosaic_gpu(
     """One Mosaic GPU kernel forward, two for the gradient w.r.t. ``a``, ``b``, ``h0``
     (forward and adjoint), no Triton kernel, each lowered for CUDA on this CPU: catches what
     the Mosaic GPU lowering rejects (TMA shapes, layouts, the inline PTX), which interpret
-    mode does not run. ``knobs_on``: ``TMA_STORE``, ``STREAM_H``, ``SPECULATE``,
-    ``READ_WAIT`` and ``SIBLING_DA`` on, or all off."""
+    mode does not run. ``knobs_on``: ``TMA_STORE`` and ``STREAM_H`` as by default (on) or
+    both off."""
     monkeypatch.setattr(lbm, "on_hopper", lambda: True)
     monkeypatch.setattr(lbm, "PROGRAMS_PER_SM", programs_per_sm)
     monkeypatch.setattr(lbm, "TMA_STORE", knobs_on)
     monkeypatch.setattr(lbm, "STREAM_H", knobs_on)
-    monkeypatch.setattr(lbm, "SPECULATE", knobs_on)
-    monkeypatch.setattr(lbm, "READ_WAIT", knobs_on)
-    monkeypatch.setattr(lbm, "SIBLING_DA", knobs_on)
     batch, _, d = shape
     sds = jax.ShapeDtypeStruct
     a_shape = (d,) if form == "shared" else (batch, d)
