@@ -40,6 +40,20 @@ TMA_STORE = lookback_mosaic.TMA_STORE
 STREAM_H = lookback_mosaic.STREAM_H
 
 
+def planes_inputs(shape: str):
+    """Complex time-invariant planes for a ``"BxLxD"`` shape: ``a`` ``(d,)`` planes with
+    ``0.5 <= |a| < 0.999`` and phases in ``[0, pi)``; ``b`` and a cotangent ``(batch, l,
+    d)`` planes, normal (the cotangent's imaginary plane ``cos(b_re)``)."""
+    batch, length, d = (int(x) for x in shape.split("x"))
+    keys = jax.random.split(jax.random.key(0), 5)
+    mag = jax.random.uniform(keys[0], (d,), minval=0.5, maxval=0.999)
+    phase = jax.random.uniform(keys[1], (d,), maxval=np.pi)
+    ap = (mag * jnp.cos(phase), mag * jnp.sin(phase))
+    bp = tuple(jax.random.normal(k, (batch, length, d)) for k in keys[2:4])
+    cp = (jax.random.normal(keys[4], (batch, length, d)), jnp.cos(bp[0]))
+    return ap, bp, cp
+
+
 def _grad(run, cp):
     def loss(ap, bp):
         h_re, h_im = run(ap, bp)
@@ -58,13 +72,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     _harness.KERNEL_TIMES = args.kernel_times
     print(header("python -m experiments.bench.lookback " + " ".join(argv or sys.argv[1:])))
-    batch, length, d = (int(x) for x in args.shape.split("x"))
-    keys = jax.random.split(jax.random.key(0), 5)
-    mag = jax.random.uniform(keys[0], (d,), minval=0.5, maxval=0.999)
-    phase = jax.random.uniform(keys[1], (d,), maxval=np.pi)
-    ap = (mag * jnp.cos(phase), mag * jnp.sin(phase))
-    bp = tuple(jax.random.normal(k, (batch, length, d)) for k in keys[2:4])
-    cp = (jax.random.normal(keys[4], (batch, length, d)), jnp.cos(bp[0]))
+    ap, bp, cp = planes_inputs(args.shape)
+    length = bp[0].shape[1]
 
     def plain(ap, bp):
         h = native_associative(jax.lax.complex(*ap), jax.lax.complex(*bp))

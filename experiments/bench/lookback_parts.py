@@ -25,13 +25,13 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
 import pallas_kernels._linear_scan_lookback_mosaic as lbm
 import pallas_kernels._lookback_mosaic_ops as lbo
 from experiments.bench._harness import device_ms, header, kernel_times, table
+from experiments.bench.lookback import planes_inputs
 from experiments.bench.scan import native_associative
 from pallas_kernels._linear_scan_mosaic import TILE
 from pallas_kernels._mosaic_common import plgpu
@@ -113,12 +113,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     print(header("python -m experiments.bench.lookback_parts " + " ".join(argv or sys.argv[1:])))
-    batch, length, d = (int(x) for x in args.shape.split("x"))
-    keys = jax.random.split(jax.random.key(0), 4)
-    mag = jax.random.uniform(keys[0], (d,), minval=0.5, maxval=0.999)
-    phase = jax.random.uniform(keys[1], (d,), maxval=np.pi)
-    ap = (mag * jnp.cos(phase), mag * jnp.sin(phase))
-    bp = tuple(jax.random.normal(k, (batch, length, d)) for k in keys[2:4])
+    ap, bp, _ = planes_inputs(args.shape)  # (the look-back bench's inputs)
     mb = 2 * sum(v.size * v.dtype.itemsize for v in bp) / 1e6  # read b, write h
 
     def plain(ap, bp):
