@@ -30,8 +30,9 @@ Those operations, and their interpreter versions, live in
 :mod:`pallas_kernels._lookback_mosaic_ops`.
 
 In the Pallas interpreter (CPU tests) programs run one after another in grid order: the
-ticket counter is a plain read and write (so the first program takes every ticket and the
-others find none left), status words are plain stores and loads, and the same look-back runs
+ticket counter is a plain read and write (so program ``k`` takes ticket ``k``; in the
+persistent form the first program takes every ticket and the other finds none left), status
+words are plain stores and loads, and the same look-back runs
 as a ``lax.while_loop``; ``INCLUSIVE_EVERY`` makes most chunks publish only aggregates so
 that the look-back's accumulation is exercised there (and on the GPU by the bench's
 check).
