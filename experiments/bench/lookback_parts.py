@@ -50,15 +50,20 @@ class _NoWait(lbo._Compiled):
 
 
 class _NoTicket(lbo._Compiled):
-    """The grid index as the ticket (one chunk a program: the second call ends it)."""
+    """The grid index as the ticket (no atomic; one chunk a program)."""
 
     def ticket(self, counter_ref, tick_ref, slot):
-        del counter_ref, tick_ref
-        return jnp.where(slot == 0, lax.axis_index("p"), jnp.int32(1 << 30))
+        del counter_ref, tick_ref, slot
+        return lax.axis_index("p")
 
 
 class _NoTicketNoWait(_NoTicket, _NoWait):
     pass
+
+
+def _ds(start, size):
+    """``size`` elements from ``start``, a multiple of ``size``."""
+    return pl.ds(pl.multiple_of(start, size), size)
 
 
 def tma_copy(planes, chunk: int, width: int, read_wait: bool = False):
@@ -74,14 +79,14 @@ def tma_copy(planes, chunk: int, width: int, read_wait: bool = False):
         x_refs, y_refs, slots, bars = refs[:p], refs[p : 2 * p], refs[2 * p : 3 * p], refs[-1]
         pid = lax.axis_index("p")
         c, i, j = pid // (batch * n_blocks), (pid // n_blocks) % batch, pid % n_blocks
-        cols = pl_ds(j * width, width)
+        cols = _ds(j * width, width)
         for u in range(n_tiles):
-            rows = pl_ds(c * chunk + u * TILE, TILE)
+            rows = _ds(c * chunk + u * TILE, TILE)
             for x, s in zip(x_refs, slots, strict=True):
                 plgpu.copy_gmem_to_smem(x.at[i, rows, cols], s.at[u], bars.at[u])
         for u in range(n_tiles):
             plgpu.barrier_wait(bars.at[u])
-            rows = pl_ds(c * chunk + u * TILE, TILE)
+            rows = _ds(c * chunk + u * TILE, TILE)
             for s, y in zip(slots, y_refs, strict=True):
                 plgpu.copy_smem_to_gmem(s.at[u], y.at[i, rows, cols])
         plgpu.wait_smem_to_gmem(0, wait_read_only=read_wait)
@@ -97,10 +102,6 @@ def tma_copy(planes, chunk: int, width: int, read_wait: bool = False):
         grid_names=("p",),
         kernel_name="tma_copy",
     )(*planes)
-
-
-def pl_ds(start, size):
-    return pl.ds(pl.multiple_of(start, size), size)
 
 
 def main(argv=None):
