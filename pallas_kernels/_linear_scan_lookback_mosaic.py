@@ -51,7 +51,7 @@ lowering passes in zero-filled to every call (checked in the lowered program by 
 ``pl.pallas_call`` no longer lowers to Mosaic GPU).
 
 Measured on the H100 (BENCHMARKS.md, seventeenth to nineteenth sessions; device time,
-complex time-invariant planes, 64-step chunks): forward+backward 0.138-0.139 ms at (8, 4096,
+complex time-invariant planes, 64-step chunks): forward+backward 0.139 ms at (8, 4096,
 256) (forward kernel 0.055, backward kernel 0.076 ms: ~2.45 and ~2.6 TB/s), against 0.145
 with neither ``TMA_STORE`` nor ``STREAM_H``, 0.157 for the two-read L-parallel Mosaic scan
 and 0.390 for plain ``lax.associative_scan`` (2.81x); 0.143 at (4, 8192, 256) and (1, 16384,
