@@ -9,9 +9,11 @@ warpgroup, one channel per thread, 128 channels, and the chunk's ``chunk`` rows 
 by TMA (``TILE``-row tiles, one barrier each, all issued at the start) into shared memory,
 where they stay until the chunk is written:
 
-1. The program takes a ticket from an atomic counter (one thread, shared through shared
-   memory): chunks are handed out in scan order whatever order the GPU starts programs in,
-   so a program only waits on programs that are already running.
+1. The program's chunk is its grid index (``GRID_ORDER``, the default): chunks are numbered
+   in scan order, and the GPU starts programs in grid order (as CUB's single-pass scan
+   assumes), so a program only waits on programs that are already running. Off (and in the
+   persistent form), it takes a ticket from an atomic counter instead (one thread, shared
+   through shared memory), which needs no such assumption.
 2. Pass 1: scan the staged chunk from a zero state; publish its *aggregate* (that end state).
 3. Look-back, per thread (its own channel): walk back over the earlier chunks of the
    sequence, adding each published value times ``A^k`` (``A = a^chunk``), until a chunk
@@ -41,11 +43,12 @@ Pass 2 writes its rows over the staged chunk and stores each tile from shared me
 (``TMA_STORE``). The backward runs the same kernel the other way in time on the adjoint
 ``g_s = dh_s + conj(a) g_{s+1}`` (``db = g``), with its chunk of ``h`` loaded into registers
 when the chunk starts (``STREAM_H``; staged beside ``dh`` when off) for ``da = sum_s g_s
-conj(h_{s-1})`` (per chunk, all planes in one array summed by one XLA reduction), and writes
+conj(h_{s-1})`` (per chunk, written with the chunks as the minor axis and summed by one XLA
+row reduction a plane, ``DA_ROWS``), and writes
 ``dh0 = conj(a) g_0``. HBM traffic: ``b`` in, ``h`` out forward; ``dh``, ``h`` in, ``db``
 out backward.
 
-The status and counter buffers are ``pl.get_global`` semaphore arrays, which the Mosaic GPU
+The status (and counter) buffers are ``pl.get_global`` semaphore arrays, which the Mosaic GPU
 lowering passes in zero-filled to every call (checked in the lowered program by the tests;
 ``plgpu.kernel`` on JAX 0.11 has no input/output aliasing for buffers of our own, and
 ``pl.pallas_call`` no longer lowers to Mosaic GPU).
@@ -110,6 +113,22 @@ TMA_STORE = True
 # the chunk starts instead of staging it in shared memory (half the shared memory a program
 # takes, so more programs fit on an SM).
 STREAM_H = True
+# Two forms measured together ~9% faster on an H200 (twentieth session; off: bench configs
+# without ``n`` / ``t``, tested both ways):
+# GRID_ORDER: a program's chunk is its grid index, not a ticket from an atomic counter (no
+# atomic before the first load, and no counter word: the zero-filled status buffer stays a
+# whole number of 16-byte vectors, which XLA fills at half the time). It relies on the GPU
+# starting programs in grid order, as CUB's single-pass scan does ("blocks are launched in
+# increasing order"): then a program waits only on programs already running. Were that ever
+# not so, a look-back that waits on a program which cannot start gives up after
+# ``SPIN_LIMIT`` polls and the chunk's states are NaN; it never hangs. The persistent form
+# (``PROGRAMS_PER_SM``) always takes tickets.
+GRID_ORDER = True
+# DA_ROWS: the backward writes each chunk's ``da`` with the summed axis minor, ``(planes,
+# Ba, d, chunks per a)`` (a word per thread by ``st.global``), summed by one XLA row
+# reduction a plane; off: ``(chunks * batch, planes, d)``, one column reduction and a copy
+# a plane.
+DA_ROWS = True
 
 
 def supported(d: int, chunk: int, staged_bytes: int, interpret: bool) -> str | None:
@@ -147,24 +166,29 @@ def _kernel(
     buffers,
     tma_store,
     stream_h,
+    grid_order,
+    da_rows,
+    has_h0,
 ):
-    """Chunks of ``chunk`` steps of 128 channels of one sequence, picked by ticket, until the
-    tickets run out (a program may take many: the grid can be smaller than the chunks).
-    With ``buffers == 2`` the next chunk is staged while this one is scanned; with
-    ``buffers == 1`` (a program per chunk) a program takes one ticket.
+    """Chunks of ``chunk`` steps of 128 channels of one sequence: with ``grid_order`` the
+    program's grid index, else picked by ticket until the tickets run out (a program may
+    take many: the grid can be smaller than the chunks). With ``buffers == 2`` the next
+    chunk is staged while this one is scanned; with ``buffers == 1`` (a program per chunk) a
+    program takes one ticket.
 
     Refs (lists of ``n_planes`` planes): inputs ``a`` ``(Ba, d)``, ``x`` ``(batch, length,
     d)`` (``b``, or ``dh`` when ``adjoint``), ``h`` (``adjoint`` only, for ``da``), ``h0``
-    ``(batch, d)``, in the interpreter the counter ``(1,)`` and status ``(2 * n_planes *
-    n_chunks * batch, d)`` int32 zeros; outputs ``y`` (``h`` or ``db``), ``da`` ``(n_chunks *
-    batch, n_planes, d)`` (one array) and ``dh0`` (``adjoint`` only), in the interpreter
-    then the counter and status (aliased to those inputs; compiled, both are zero-filled
-    global semaphore arrays of ``pl.get_global``, the status one flat); scratch: the staged
-    ``x`` (and ``h``, unless ``stream_h``) chunks
-    ``(buffers, chunk / TILE, TILE, 128)``, two words for the ticket and, compiled, one TMA
-    barrier per tile and buffer. Status row of (plane ``q``, chunk ``k`` in this kernel's
-    order, sequence ``i``): ``((kind * n_planes + q) * n_chunks + k) * batch + i``, ``kind`` 0
-    for aggregates, 1 for inclusive end states.
+    ``(batch, d)`` (``has_h0`` only; zeros otherwise), in the interpreter the counter
+    ``(1,)`` and status ``(2 * n_planes * n_chunks * batch, d)`` int32 zeros; outputs ``y``
+    (``h`` or ``db``), ``da`` ``(n_chunks * batch, n_planes, d)`` (one array; with
+    ``da_rows`` ``(n_planes, Ba, d, chunks per a)``) and ``dh0`` (``adjoint`` and ``has_h0``
+    only), in the interpreter then the counter and status (aliased to those inputs;
+    compiled, both are zero-filled global semaphore arrays of ``pl.get_global``, the status
+    one flat, the counter absent with ``grid_order``); scratch: the staged ``x`` (and ``h``,
+    unless ``stream_h``) chunks ``(buffers, chunk / TILE, TILE, 128)``, two words for the
+    ticket and, compiled, one TMA barrier per tile and buffer. Status row of (plane ``q``,
+    chunk ``k`` in this kernel's order, sequence ``i``): ``((kind * n_planes + q) * n_chunks
+    + k) * batch + i``, ``kind`` 0 for aggregates, 1 for inclusive end states.
     """
     p, C = n_planes, chunk
     n_tiles = C // TILE
@@ -172,15 +196,15 @@ def _kernel(
     take = lambda k: [next(it) for _ in range(k)]
     a_refs, x_refs = take(p), take(p)
     hp_refs = take(p) if adjoint else []
-    h0_refs = take(p)
+    h0_refs = take(p) if has_h0 else []
     if ops.interpret:
         take(2)  # counter and status inputs: aliased to the outputs below
     y_refs = take(p)
-    da_ref, dh0_refs = (next(it), take(p)) if adjoint else (None, [])
+    da_ref, dh0_refs = (next(it), take(p) if has_h0 else []) if adjoint else (None, [])
     if ops.interpret:
         counter_ref, status_ref = take(2)
     else:  # zero-filled global semaphore arrays, one per call of the kernel
-        counter_ref = pl.get_global(plgpu.SemaphoreType.REGULAR((1,)))
+        counter_ref = None if grid_order else pl.get_global(plgpu.SemaphoreType.REGULAR((1,)))
         n_status = 2 * p * n_chunks * batch * d
         status_ref = pl.get_global(plgpu.SemaphoreType.REGULAR((n_status,)))
     x_slots = take(p)
@@ -222,8 +246,8 @@ def _kernel(
         a = [ops.vec(r.at[a_row, cols]).astype(_F32) for r in a_refs]
         if adjoint and p == 2:
             a = [a[0], -a[1]]  # the adjoint runs with conj(a)
-        h0 = [ops.vec(r.at[i, cols]).astype(_F32) for r in h0_refs]
         zeros = [v * 0.0 for v in a]
+        h0 = [ops.vec(r.at[i, cols]).astype(_F32) for r in h0_refs] if has_h0 else zeros
         big_a = _pow(a, C)
         xs = [s.at[buf] for s in x_slots]
         hs = [s.at[buf] for s in h_slots]
@@ -298,12 +322,16 @@ def _kernel(
             ops.drain()
         if adjoint:
             for q, v in enumerate(da):
-                da_ref[c * batch + i, q, cols] = v
+                if da_rows:  # (planes, Ba, d, chunks per a): a column of the minor axis
+                    index = (q, 0, c * batch + i) if shared_a else (q, i, c)
+                    ops.store_across(da_ref, index, cols, v)
+                else:
+                    da_ref[c * batch + i, q, cols] = v
             cf = n_chunks - 1 - c  # the forward's chunk index
 
-            @pl.when(cf == 0)
+            @pl.when((cf == 0) & has_h0)
             def _():
-                for r, v in zip(dh0_refs, _mul(h, a), strict=True):
+                for r, v in zip(dh0_refs, _mul(h, a)[: len(dh0_refs)], strict=True):
                     r[i, cols] = v.astype(r.dtype)
 
     def next_ticket(k, buf):
@@ -330,6 +358,11 @@ def _kernel(
         lax.while_loop(lambda s: s[0] < n_work, body, (first, jnp.int32(0)))
         return
     # One chunk a program (the grid is the chunks: every ticket is below n_work).
+    if grid_order:
+        t = ops.grid_index()
+        issue(t, 0)
+        process(t, 0)
+        return
     t = next_ticket(jnp.int32(0), 0)
     pl.when(t < n_work)(lambda: process(t, 0))
 
@@ -376,12 +409,20 @@ def _call(cfg, ap, xp, hpp, h0p, adjoint: bool, out_dtype, chunk: int, programs_
         buffers=buffers,
         tma_store=tma_store,
         stream_h=stream_h,
+        grid_order=GRID_ORDER and not programs_per_sm,  # (the persistent grid takes tickets)
+        da_rows=DA_ROWS,
+        has_h0=bool(h0p),
     )
     seq = jax.ShapeDtypeStruct((batch, lp, d), out_dtype)
     out_shape = [seq] * p
-    if adjoint:
+    if adjoint and DA_ROWS:
+        shared_a = ap[0].shape[0] == 1
+        rows_da = (1, n_chunks * batch) if shared_a else (batch, n_chunks)
+        out_shape.append(jax.ShapeDtypeStruct((p, rows_da[0], d, rows_da[1]), _F32))
+    elif adjoint:
         out_shape.append(jax.ShapeDtypeStruct((n_chunks * batch, p, d), _F32))
-        out_shape += [jax.ShapeDtypeStruct((batch, d), h0p[0].dtype)] * p
+    if adjoint:
+        out_shape += [jax.ShapeDtypeStruct((batch, d), v.dtype) for v in h0p]
     n_tiles = chunk // TILE
     staged = [v.dtype for v in (*xp, *(() if stream_h else hpp))]
     scratch = [plgpu.SMEM((buffers, n_tiles, TILE, BLOCK_D), dt) for dt in staged]
@@ -433,18 +474,21 @@ PROGRAMS_PER_SM = 0  # > 0: a persistent grid of this many programs per SM, doub
 
 def run_fwd_lookback_mosaic(cfg, ap, bp, h0p, chunk: int = CHUNK):
     """``h`` planes of the forward (``ap``: ``(Ba, d)`` time-invariant planes; ``bp``:
-    ``(batch, l, d)``; ``h0p``: ``(batch, d)``)."""
+    ``(batch, l, d)``; ``h0p``: ``(batch, d)``, or ``()`` for zeros)."""
     outs, _ = _call(cfg, ap, bp, (), h0p, False, bp[0].dtype, chunk, PROGRAMS_PER_SM)
     return tuple(outs)
 
 
 def run_bwd_lookback_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, chunk: int = CHUNK):
     """Planes ``(db, da, dh0)`` with :func:`pallas_kernels.linear_scan._run_bwd`'s
-    conventions for a time-invariant ``a`` (``da`` per sequence, ``(batch, d)`` fp32)."""
+    conventions for a time-invariant ``a`` (``da`` per sequence, ``(batch, d)`` fp32; no
+    ``dh0`` planes for ``h0p = ()``, zeros)."""
     p = len(hp)
     batch, _, d = hp[0].shape
     outs, n_chunks = _call(cfg, ap, dhp, hp, h0p, True, b_dtype, chunk, PROGRAMS_PER_SM)
     db, (da,), dh0 = outs[:p], outs[p : p + 1], outs[p + 1 :]
+    if da.ndim == 4:  # DA_ROWS: (planes, Ba, d, chunks per a), one row reduction a plane
+        return tuple(db), tuple(jnp.sum(da[q], axis=-1) for q in range(p)), tuple(dh0)
     # One reduction for every plane (over the sequences too for a shared a: (1, d) planes).
     shared = ap[0].shape[0] == 1
     da = jnp.sum(da.reshape(n_chunks, batch, p, d), axis=(0, 1) if shared else 0)

@@ -500,6 +500,7 @@ def _run_planes(
     time_invariant = ap[0].shape[1] == 1
     if not time_invariant:
         ap = _each(lambda x: jnp.broadcast_to(x, b0.shape), ap)
+    h0_given = h0p is not None
     if h0p is None:
         h0p = tuple(jnp.zeros((batch, *state_shape), _F32) for _ in range(n))
     for x in h0p:
@@ -587,6 +588,8 @@ def _run_planes(
         layout=layout,
     )
     d_pad = -(-d // bd) * bd
+    if mosaic_lookback and not h0_given:
+        h0p = ()  # the kernel starts from zeros itself: no zero-filled h0 planes, no dh0
 
     def flat(x, rows):
         x = x.reshape(*rows, d)

@@ -11,11 +11,13 @@ copies plane by plane) and the TB/s that makes of those bytes:
   (one program per chunk of ``T`` steps and ``W`` channels, its tiles staged by TMA into
   shared memory, then stored from there by TMA), with no scan: what that structure moves
   (suffix ``d``: the stores waited for only until they have read shared memory).
-* ``kernel``: the library's forward (checked against plain ``lax.associative_scan``).
+* ``kernel``: the library's forward (checked against plain ``lax.associative_scan``), a
+  program's chunk its grid index (``GRID_ORDER``).
+* ``ticket``: the kernel with ``GRID_ORDER`` off: each program takes its chunk from an
+  atomic counter first.
 * ``no wait``: the kernel with no status words (no publish, and every chunk starts from
   ``h0`` instead of looking back): its results are wrong; the time shows the look-back's
-  cost. ``no ticket``: the grid index instead of the atomic ticket (correct only where the
-  GPU starts programs in grid order; the error column says whether it did).
+  cost.
 
     python -m experiments.bench.lookback_parts --shape 8x4096x256
 """
@@ -47,18 +49,6 @@ class _NoWait(lbo._Compiled):
     def look_back(self, status_ref, k0, rows_of, cols, big_a, h0, spin_limit, *, d):
         del status_ref, k0, rows_of, cols, big_a, spin_limit, d
         return list(h0)
-
-
-class _NoTicket(lbo._Compiled):
-    """The grid index as the ticket (no atomic; one chunk a program)."""
-
-    def ticket(self, counter_ref, tick_ref, slot):
-        del counter_ref, tick_ref, slot
-        return lax.axis_index("p")
-
-
-class _NoTicketNoWait(_NoTicket, _NoWait):
-    pass
 
 
 def _ds(start, size):
@@ -159,18 +149,19 @@ def main(argv=None):
             kernel="tma_copy",
             check=lambda h: float(max(jnp.max(jnp.abs(x - y)) for x, y in zip(h, bp, strict=True))),
         )
-    for name, ops in (
-        ("kernel", lbo._Compiled),
-        ("no wait", _NoWait),
-        ("no ticket", _NoTicket),
-        ("no ticket, no wait", _NoTicketNoWait),
+    grid_order = lbm.GRID_ORDER
+    for name, ops, by_grid in (
+        ("kernel", lbo._Compiled, grid_order),
+        ("ticket", lbo._Compiled, False),
+        ("no wait", _NoWait, grid_order),
+        ("ticket, no wait", _NoWait, False),
     ):
-        lbm._Compiled = ops
+        lbm._Compiled, lbm.GRID_ORDER = ops, by_grid
         try:
             f = jax.jit(lambda ap, bp: linear_scan_planes(ap, bp, layout="mosaic_lookback"))
             add(name, f, ap, bp, kernel="lookback", check=err)
         finally:
-            lbm._Compiled = lbo._Compiled
+            lbm._Compiled, lbm.GRID_ORDER = lbo._Compiled, grid_order
     print(
         table(
             rows,

@@ -349,16 +349,17 @@ def test_lookback_bench_reports_each_config(capsys):
     from experiments.bench.lookback import main
 
     knobs = ("INCLUSIVE_EVERY", "PROGRAMS_PER_SM", "TMA_STORE", "STREAM_H")
+    knobs += ("GRID_ORDER", "DA_ROWS")
     defaults = {k: getattr(lbm, k) for k in knobs}
     try:
-        main(["--shape", "1x16x8", "--configs", "auto,triton,8/8/1,m64,m32p1e2sr"])
+        main(["--shape", "1x16x8", "--configs", "auto,triton,8/8/1,m64,m64srnt,m32p1e2srt"])
         out = capsys.readouterr().out
         for cfg in ("| lax.associative_scan |", "| auto |", "| triton |", "| 8/8/1 |"):
             assert cfg in out
-        assert "| m64 |" in out and "| m32p1e2sr |" in out
-        assert out.count("needs a GPU") == 10  # printed as each row is made, then in the table
+        assert "| m64 |" in out and "| m32p1e2srt |" in out and "| m64srnt |" in out
+        assert out.count("needs a GPU") == 12  # printed as each row is made, then in the table
         # The Mosaic look-back row's knobs were set for it (the last row).
-        assert [getattr(lbm, k) for k in knobs] == [2, 1, True, True]
+        assert [getattr(lbm, k) for k in knobs] == [2, 1, True, True, False, True]
     finally:
         for k, v in defaults.items():
             setattr(lbm, k, v)
@@ -366,8 +367,8 @@ def test_lookback_bench_reports_each_config(capsys):
 
 def test_lookback_parts_variants_lower_for_cuda(monkeypatch):
     """``experiments.bench.lookback_parts``: its TMA copy kernel (both waits) and the
-    look-back kernel with the look-back or the ticket taken out each lower to one Mosaic
-    GPU kernel for CUDA on this CPU, and the copy takes no scan."""
+    look-back kernel with the look-back taken out, by grid order and by ticket, each lower to
+    one Mosaic GPU kernel for CUDA on this CPU, and the copy takes no scan."""
     import jax
     import jax.numpy as jnp
 
@@ -384,8 +385,9 @@ def test_lookback_parts_variants_lower_for_cuda(monkeypatch):
     for form in ((64, 128, False), (32, 256, True)):  # chunk, width, read_wait
         text = lower(lambda bp, form=form: parts.tma_copy(bp, *form), bp)
         assert text.count("mosaic_gpu") >= 1 and "tma_copy" in text
-    for ops in (parts._NoWait, parts._NoTicket, parts._NoTicketNoWait):
-        monkeypatch.setattr(lbm, "_Compiled", ops)
+    monkeypatch.setattr(lbm, "_Compiled", parts._NoWait)
+    for grid_order in (True, False):
+        monkeypatch.setattr(lbm, "GRID_ORDER", grid_order)
         text = lower(lambda ap, bp: linear_scan_planes(ap, bp, layout="mosaic_lookback"), ap, bp)
         assert "linear_scan_lookback_mosaic" in text
 
@@ -397,6 +399,6 @@ def test_lookback_parts_rows_on_a_cpu(capsys):
 
     main(["--shape", "1x64x128", "--copies", "c64w128"])
     out = capsys.readouterr().out
-    for row in ("xla copy", "tma copy c64w128", "kernel", "no wait", "no ticket"):
+    for row in ("xla copy", "tma copy c64w128", "kernel", "ticket", "no wait", "ticket, no wait"):
         assert f"| {row} |" in out
     assert out.count("needs a GPU") >= 4

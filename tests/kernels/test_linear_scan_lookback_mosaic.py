@@ -190,6 +190,17 @@ def test_global_stores_and_staged_h_match_sequential(rng, monkeypatch):
     _check(rng, "bfloat16", 70, 192, 1, False, "shared", True)
 
 
+@pytest.mark.parametrize("form", ["shared", "per_seq"])
+def test_ticket_and_da_columns_match_sequential(rng, monkeypatch, form):
+    """``GRID_ORDER`` and ``DA_ROWS`` off (the tests above run them on, the defaults): each
+    program takes a ticket from the counter, and ``da`` is written ``(chunks * batch, planes,
+    d)`` and summed over its major axis."""
+    assert lbm.GRID_ORDER and lbm.DA_ROWS  # the forms the other tests check
+    monkeypatch.setattr(lbm, "GRID_ORDER", False)
+    monkeypatch.setattr(lbm, "DA_ROWS", False)
+    _check(rng, "complex64", 77, 192, 3, form == "shared", form, True)
+
+
 def test_status_words_round_trip(rng):
     """Published values decode to themselves bit for bit; only the NaN with every bit set
     (never produced by GPU arithmetic) encodes to the unpublished word 0."""
@@ -279,12 +290,14 @@ def test_mosaic_lookback_lowers_to_mosaic_gpu(
     """One Mosaic GPU kernel forward, two for the gradient w.r.t. ``a``, ``b``, ``h0``
     (forward and adjoint), no Triton kernel, each lowered for CUDA on this CPU: catches what
     the Mosaic GPU lowering rejects (TMA shapes, layouts, the inline PTX), which interpret
-    mode does not run. ``knobs_on``: ``TMA_STORE`` and ``STREAM_H`` as by default (on) or
-    both off."""
+    mode does not run. ``knobs_on``: ``TMA_STORE``, ``STREAM_H``, ``GRID_ORDER`` and
+    ``DA_ROWS`` as by default (on) or all off."""
     monkeypatch.setattr(lbm, "on_hopper", lambda: True)
     monkeypatch.setattr(lbm, "PROGRAMS_PER_SM", programs_per_sm)
     monkeypatch.setattr(lbm, "TMA_STORE", knobs_on)
     monkeypatch.setattr(lbm, "STREAM_H", knobs_on)
+    monkeypatch.setattr(lbm, "GRID_ORDER", knobs_on)
+    monkeypatch.setattr(lbm, "DA_ROWS", knobs_on)
     batch, _, d = shape
     sds = jax.ShapeDtypeStruct
     a_shape = (d,) if form == "shared" else (batch, d)
@@ -306,15 +319,17 @@ def test_mosaic_lookback_lowers_to_mosaic_gpu(
     assert "linear_scan_lookback_mosaic_bwd" in text
 
 
-def test_status_buffers_are_zero_filled_before_each_call(hopper, monkeypatch):
-    """The kernel never clears its ticket counter and status words (``pl.get_global``
-    semaphore arrays): it relies on the Mosaic GPU lowering passing them in as a zero-filled
-    operand of every call. Checked in the lowered program for CUDA: the kernel's last operand
-    (status and counter, ``2 * planes * chunks * batch * d + 1`` int32) is a broadcast zero,
-    aliased to an output, in the forward and the backward call."""
+@pytest.mark.parametrize("grid_order", [True, False], ids=["grid-order", "ticket"])
+def test_status_buffers_are_zero_filled_before_each_call(hopper, monkeypatch, grid_order):
+    """The kernel never clears its status words (and, taking tickets, its counter): they are
+    ``pl.get_global`` semaphore arrays, which the Mosaic GPU lowering passes in as a
+    zero-filled operand of every call. Checked in the lowered program for CUDA: the kernel's
+    last operand (``2 * planes * chunks * batch * d`` int32, one more for the counter) is a
+    broadcast zero, aliased to an output, in the forward and the backward call."""
     import re
 
     monkeypatch.setattr(lbm, "on_hopper", lambda: True)
+    monkeypatch.setattr(lbm, "GRID_ORDER", grid_order)
     batch, length, d = 8, 4096, 256
     sds = jax.ShapeDtypeStruct
     a, b = sds((d,), jnp.complex64), sds((batch, length, d), jnp.complex64)
@@ -324,7 +339,7 @@ def test_status_buffers_are_zero_filled_before_each_call(hopper, monkeypatch):
         return jax.grad(loss, argnums=(0, 1))(a, b)
 
     text = _lowered(grad, a, b)
-    n = 2 * 2 * (length // lbm.CHUNK) * batch * d + 1
+    n = 2 * 2 * (length // lbm.CHUNK) * batch * d + (0 if grid_order else 1)
     zeros = set(re.findall(r"(%\w+) = stablehlo.constant dense<0> : tensor<i32>", text))
     filled = re.findall(
         rf"(%\w+) = stablehlo.broadcast_in_dim (%\w+), dims = \[\] : \(tensor<i32>\) -> "
