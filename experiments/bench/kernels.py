@@ -411,8 +411,6 @@ LINEAR_FORMS = (
     "mosaic-lookback",
     "mosaic-lookback-agg",
 )
-# Not in the default list: the look-back forms with GRID_ORDER and DA_ROWS on (suffix -nt).
-LOOKBACK_NT = ("mosaic-lookback-nt", "mosaic-lookback-agg-nt")
 
 
 def check(
@@ -427,14 +425,12 @@ def check(
     """On-device correctness cases; ``linear_forms``: a subset of ``LINEAR_FORMS`` (the
     ``mosaic-*`` forms run on 256 channels, Hopper only: ``layout="mosaic"``, or
     ``"mosaic_lookback"`` for ``mosaic-lookback``, where with ``-agg`` only every third chunk
-    publishes its inclusive state, so look-backs add up aggregates on the GPU, and with
-    ``-nt`` ``GRID_ORDER`` and ``DA_ROWS`` are on); ``ss_impls``:
+    publishes its inclusive state, so look-backs add up aggregates on the GPU); ``ss_impls``:
     the selective-scan rows checked (``"pallas"``, or ``"pallas:opts"`` the kernel called
     with options); ``ss_cases``: indices of the selective-scan cases to run (all if
     ``None``); ``linear_dtypes``, ``linear_lengths``: the linear_scan cases' dtypes and
     lengths (subsets of the defaults)."""
     ok = True
-    defaults = (lookback_mosaic.GRID_ORDER, lookback_mosaic.DA_ROWS)
     linear_cases = [
         (dtype, length, rev, (4, 64) if form.startswith("mosaic") else (5, 3), form)
         for dtype, length, rev, form in itertools.product(
@@ -458,9 +454,7 @@ def check(
             chunks, layout = {33: 3, 1000: 32}.get(length, 1), "lookback"
         if form.startswith("mosaic-lookback"):  # 1000 steps: 16 chunks of 64 (24 padded)
             chunks, layout = {33: 2, 1000: 16}.get(length, 1), "mosaic_lookback"
-        lookback_mosaic.INCLUSIVE_EVERY = 3 if "-agg" in form else 1
-        nt = form.endswith("-nt")
-        lookback_mosaic.GRID_ORDER, lookback_mosaic.DA_ROWS = (True, True) if nt else defaults
+        lookback_mosaic.INCLUSIVE_EVERY = 3 if form.endswith("-agg") else 1
         h0 = jnp.ones((2, *state), jnp.complex64 if dtype == "complex64" else jnp.float32) * 0.3
 
         def run(impl, a, b, h0, rev=rev, chunks=chunks, layout=layout):
@@ -483,7 +477,6 @@ def check(
             f"{e_f:.1e} / {e_g:.1e} " + ("ok" if good else "FAIL")
         )
     lookback_mosaic.INCLUSIVE_EVERY = 1
-    lookback_mosaic.GRID_ORDER, lookback_mosaic.DA_ROWS = defaults
     if not skip_ss:
         ok &= _check_ss(ss_impls, ss_cases)
     print(f"\nchecks: {'ALL OK' if ok else 'SOME FAILED'}", flush=True)
@@ -639,7 +632,7 @@ def main(argv=None):
     parser.add_argument(
         "--linear-forms",
         default=",".join(LINEAR_FORMS),
-        help="comma-separated linear_scan check forms: " + ", ".join(LINEAR_FORMS + LOOKBACK_NT),
+        help="comma-separated linear_scan check forms: " + ", ".join(LINEAR_FORMS),
     )
     parser.add_argument(
         "--linear-dtypes",
