@@ -46,3 +46,17 @@ def rng(request):
     """A NumPy generator per test, derived from the test's name."""
     seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def fast_compile():
+    """XLA's cheapest compiles (``jax_disable_most_optimizations``) for the test it serves.
+
+    For the tests whose time is compiling, not running: the interpret-mode Pallas kernels
+    (large programs, each compiled once for a few tiny inputs) and small layers. Opt in per
+    module with ``pytestmark = pytest.mark.usefixtures("fast_compile")``. What a program
+    computes is unchanged; only how much XLA optimises it.
+    """
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)

@@ -16,6 +16,9 @@ from pallas_kernels.linear_scan import linear_scan
 from ssmjax.ops import linear_recurrence
 from ssmjax.testing import assert_allclose
 
+# Compiling, not running, is these tests' time.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 CASES = [
     # dtype, length, reverse, state shape, unroll
     ("float32", 1, False, (3,), 16),

@@ -38,6 +38,9 @@ from pallas_kernels.linear_scan import linear_scan, linear_scan_planes
 from ssmjax.ops import linear_recurrence
 from ssmjax.testing import assert_allclose
 
+# Compiling, not running, is these tests' time.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 MOSAIC = "mosaic_gpu_v2"  # the custom call of a Mosaic GPU kernel
 TRITON = "__gpu$xla.gpu.triton"  # that of a Pallas-Triton kernel
 BATCH = 2

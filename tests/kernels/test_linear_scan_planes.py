@@ -10,6 +10,9 @@ from pallas_kernels.linear_scan import linear_scan_planes
 from ssmjax.ops import linear_recurrence
 from ssmjax.testing import assert_allclose
 
+# Compiling, not running, is these tests' time.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 CASES = [
     # length, reverse, a form, with h0, chunks
     (7, False, "tv", True, 1),

@@ -22,6 +22,9 @@ from ssmjax.ops import selective_scan
 from ssmjax.ops.selective_scan import _auto_chain
 from ssmjax.testing import assert_allclose
 
+# Compiling, not running, is these tests' time.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 ARGS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "h0")
 
 CASES = [

@@ -37,6 +37,9 @@ from pallas_kernels.selective_scan import selective_scan as selective_scan_kerne
 from ssmjax.ops import selective_scan
 from ssmjax.testing import assert_allclose
 
+# Compiling, not running, is these tests' time.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 MOSAIC = "mosaic_gpu_v2"  # the custom call of a Mosaic GPU kernel
 TRITON = "__gpu$xla.gpu.triton"  # that of a Pallas-Triton kernel
 

@@ -27,6 +27,9 @@ import pallas_kernels._selective_scan_mosaic_bwd as ssb
 import pallas_kernels.selective_scan as ssk
 from pallas_kernels.selective_scan import selective_scan as selective_scan_kernel
 
+# Compiling, not running, is these tests' time.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 # ----------------------------------------------------------------------------------------
 # The butterfly
 # ----------------------------------------------------------------------------------------

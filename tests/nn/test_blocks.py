@@ -10,6 +10,9 @@ import ssmjax.nn as snn
 from ssmjax.nn.blocks import ACTIVATIONS, NORMS, ResidualBlock
 from ssmjax.testing import assert_allclose
 
+# Compiling, not running, is these tests' time.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 D = 6
 
 

@@ -13,6 +13,9 @@ import ssmjax.nn as snn
 from ssmjax.ops.scan import pallas_first
 from ssmjax.testing import assert_allclose
 
+# Compiling, not running, is these tests' time.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def _build(name, bidirectional, implementation):
     if name == "s4d_scan":  # S4D's full-sequence recurrence (its default is the FFT conv)

@@ -11,6 +11,9 @@ from ssmjax.nn import SSMParam
 from ssmjax.ops.hippo import nplr
 from ssmjax.testing import assert_allclose
 
+# Compiling, not running, is these tests' time.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 H = 4
 
 
