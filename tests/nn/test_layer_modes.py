@@ -12,7 +12,18 @@ from layer_cases import D_MODEL, LAYERS, build
 
 from ssmjax.testing import assert_allclose
 
+# Compiling, not running, is these tests' time.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 LENGTHS = [1, 33, 512]
+
+
+@nnx.jit(static_argnames=("return_state",))
+def apply(layer, x, mask=None, state=None, return_state=False):
+    """``layer(x, mask, state=state, return_state=return_state)``, compiled: one program per
+    layer and input shape instead of one per primitive and shape (the op-by-op dispatch of an
+    eager call, which dominated these tests' time)."""
+    return layer(x, mask, state=state, return_state=return_state)
 
 
 def random_input(key, batch, length, dtype=jnp.float32):
@@ -25,7 +36,7 @@ def test_full_equals_step_and_chunks(key, name, length):
     # The full sequence runs the parallel (associative) form; steps are the recurrence.
     layer = build(name, implementation="associative")
     x = random_input(key, 2, length)
-    y_full, final = layer(x, return_state=True)
+    y_full, final = apply(layer, x, return_state=True)
     assert y_full.shape == x.shape and y_full.dtype == x.dtype
 
     @nnx.jit
@@ -45,7 +56,7 @@ def test_full_equals_step_and_chunks(key, name, length):
     state, pieces = layer.init_state(2), []
     for lo, hi in itertools.pairwise(cuts):
         if hi > lo:
-            y, state = layer(x[:, lo:hi], state=state, return_state=True)
+            y, state = apply(layer, x[:, lo:hi], state=state, return_state=True)
             pieces.append(y)
     assert_allclose(jnp.concatenate(pieces, 1), y_full, n=length)
     assert_allclose(state, final, n=length)
@@ -60,15 +71,15 @@ def test_padded_batch_equals_each_sequence_alone(key, name, bidirectional, imple
     total = 41
     x = random_input(key, len(lengths), total)  # padding holds random values, not zeros
     mask = jnp.arange(total)[None, :] < jnp.asarray(lengths)[:, None]
-    y = layer(x, mask=mask)
+    y = apply(layer, x, mask)
     for i, n in enumerate(lengths):
-        alone = layer(x[i : i + 1, :n])
+        alone = apply(layer, x[i : i + 1, :n])
         assert_allclose(y[i, :n], alone[0], n=total, err_msg=f"sequence {i}")
         assert jnp.all(y[i, n:] == 0)
     if not bidirectional:
-        _, state = layer(x, mask=mask, return_state=True)
+        _, state = apply(layer, x, mask, return_state=True)
         for i, n in enumerate(lengths):
-            _, alone = layer(x[i : i + 1, :n], return_state=True)
+            _, alone = apply(layer, x[i : i + 1, :n], return_state=True)
             assert_allclose(state[i], alone[0], n=total)
 
 
@@ -76,9 +87,9 @@ def test_padded_batch_equals_each_sequence_alone(key, name, bidirectional, imple
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_implementations_agree(key, name, bidirectional):
     x = random_input(key, 2, 65)
-    ref = build(name, bidirectional, "sequential")(x)
+    ref = apply(build(name, bidirectional, "sequential"), x)
     for impl in ("associative", "chunked"):
-        assert_allclose(build(name, bidirectional, impl)(x), ref, n=65, err_msg=impl)
+        assert_allclose(apply(build(name, bidirectional, impl), x), ref, n=65, err_msg=impl)
 
 
 @pytest.mark.parametrize("name", LAYERS)
@@ -90,7 +101,7 @@ def test_gradients_reach_every_parameter(key, name, dtype):
     def loss(layer):
         return jnp.mean(layer(x).astype(jnp.float32) ** 2)
 
-    grads = nnx.grad(loss)(layer)
+    grads = nnx.jit(nnx.grad(loss))(layer)
     for path, g in jax.tree_util.tree_leaves_with_path(nnx.state(grads, nnx.Param)):
         g = np.asarray(g)
         assert np.all(np.isfinite(g)), path
