@@ -43,8 +43,8 @@ Pass 2 writes its rows over the staged chunk and stores each tile from shared me
 (``TMA_STORE``). The backward runs the same kernel the other way in time on the adjoint
 ``g_s = dh_s + conj(a) g_{s+1}`` (``db = g``), with its chunk of ``h`` loaded into registers
 when the chunk starts (``STREAM_H``; staged beside ``dh`` when off) for ``da = sum_s g_s
-conj(h_{s-1})`` (per chunk, written with the chunks as the minor axis and summed by one XLA
-row reduction a plane, ``DA_ROWS``), and writes
+conj(h_{s-1})`` (per chunk, all planes in one array summed by one XLA reduction; with
+``DA_ROWS`` the chunks as the minor axis, one row reduction a plane), and writes
 ``dh0 = conj(a) g_0``. HBM traffic: ``b`` in, ``h`` out forward; ``dh``, ``h`` in, ``db``
 out backward.
 
@@ -113,9 +113,8 @@ TMA_STORE = True
 # the chunk starts instead of staging it in shared memory (half the shared memory a program
 # takes, so more programs fit on an SM).
 STREAM_H = True
-# Two forms measured together ~9% faster on an H200 (twentieth session; off: bench configs
-# without ``n`` / ``t``, tested both ways):
-# GRID_ORDER: a program's chunk is its grid index, not a ticket from an atomic counter (no
+# GRID_ORDER (measured 9% faster forward+backward on an H200, twentieth session; off: bench
+# configs without ``n``, tested both ways): a program's chunk is its grid index, not a ticket from an atomic counter (no
 # atomic before the first load, and no counter word: the zero-filled status buffer stays a
 # whole number of 16-byte vectors, which XLA fills at half the time). It relies on the GPU
 # starting programs in grid order, as CUB's single-pass scan does ("blocks are launched in
@@ -124,11 +123,12 @@ STREAM_H = True
 # ``SPIN_LIMIT`` polls and the chunk's states are NaN; it never hangs. The persistent form
 # (``PROGRAMS_PER_SM``) always takes tickets.
 GRID_ORDER = True
-# DA_ROWS: the backward writes each chunk's ``da`` with the summed axis minor, ``(planes,
-# Ba, d, chunks per a)`` (a word per thread by ``st.global``), summed by one XLA row
+# DA_ROWS (off: not faster on an H200, twentieth session; bench letter ``t``): the backward
+# writes each chunk's ``da`` with the summed axis minor, ``(planes, Ba, d, chunks per a)`` (a
+# word per thread by ``st.global``, each in its own 32-byte sector), summed by one XLA row
 # reduction a plane; off: ``(chunks * batch, planes, d)``, one column reduction and a copy
-# a plane.
-DA_ROWS = True
+# a plane. The reductions took 0.0040 ms instead of 0.0052, the backward kernel 0.003 longer.
+DA_ROWS = False
 
 
 def supported(d: int, chunk: int, staged_bytes: int, interpret: bool) -> str | None:

@@ -191,13 +191,13 @@ def test_global_stores_and_staged_h_match_sequential(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("form", ["shared", "per_seq"])
-def test_ticket_and_da_columns_match_sequential(rng, monkeypatch, form):
-    """``GRID_ORDER`` and ``DA_ROWS`` off (the tests above run them on, the defaults): each
-    program takes a ticket from the counter, and ``da`` is written ``(chunks * batch, planes,
-    d)`` and summed over its major axis."""
-    assert lbm.GRID_ORDER and lbm.DA_ROWS  # the forms the other tests check
+def test_ticket_and_da_rows_match_sequential(rng, monkeypatch, form):
+    """``GRID_ORDER`` off and ``DA_ROWS`` on (the tests above run the defaults, the other way
+    round): each program takes a ticket from the counter, and ``da`` is written ``(planes,
+    Ba, d, chunks per a)`` and summed over its minor axis."""
+    assert lbm.GRID_ORDER and not lbm.DA_ROWS  # the forms the other tests check
     monkeypatch.setattr(lbm, "GRID_ORDER", False)
-    monkeypatch.setattr(lbm, "DA_ROWS", False)
+    monkeypatch.setattr(lbm, "DA_ROWS", True)
     _check(rng, "complex64", 77, 192, 3, form == "shared", form, True)
 
 
