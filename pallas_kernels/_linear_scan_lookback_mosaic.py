@@ -114,14 +114,14 @@ TMA_STORE = True
 # takes, so more programs fit on an SM).
 STREAM_H = True
 # GRID_ORDER (measured 9% faster forward+backward on an H200, twentieth session; off: bench
-# configs without ``n``, tested both ways): a program's chunk is its grid index, not a ticket from an atomic counter (no
-# atomic before the first load, and no counter word: the zero-filled status buffer stays a
-# whole number of 16-byte vectors, which XLA fills at half the time). It relies on the GPU
-# starting programs in grid order, as CUB's single-pass scan does ("blocks are launched in
-# increasing order"): then a program waits only on programs already running. Were that ever
-# not so, a look-back that waits on a program which cannot start gives up after
-# ``SPIN_LIMIT`` polls and the chunk's states are NaN; it never hangs. The persistent form
-# (``PROGRAMS_PER_SM``) always takes tickets.
+# configs without ``n``, tested both ways): a program's chunk is its grid index, not a
+# ticket from an atomic counter (no atomic before the first load, and no counter word: the
+# zero-filled status buffer stays a whole number of 16-byte vectors, which XLA filled in
+# half the time). It relies on the GPU starting programs in grid order, as CUB's single-pass
+# scan does ("blocks are launched in increasing order"): then a program waits only on
+# programs already running. Were that ever not so, a look-back that waits on a program
+# which cannot start gives up after ``SPIN_LIMIT`` polls and the chunk's states are NaN; it
+# never hangs. The persistent form (``PROGRAMS_PER_SM``) always takes tickets.
 GRID_ORDER = True
 # DA_ROWS (off: not faster on an H200, twentieth session; bench letter ``t``): the backward
 # writes each chunk's ``da`` with the summed axis minor, ``(planes, Ba, d, chunks per a)`` (a
