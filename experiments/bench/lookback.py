@@ -19,7 +19,7 @@ checked on the device), then ``s``: rows stored by TMA from shared memory
 (``TMA_STORE``), ``r``: the backward's ``h`` loaded into registers instead of staged
 (``STREAM_H``), then ``n``: a program's chunk is its grid index (``GRID_ORDER``), ``t``:
 ``da`` written with the summed axis minor (``DA_ROWS``), each off where its letter is absent
-(the library's default is ``m64sr``); e.g. ``m64p1e3sr``, ``m64srnt``.
+(the library's default is ``m64srn``); e.g. ``m64p1e3sr``, ``m64srnt``.
 """
 
 import argparse
