@@ -53,8 +53,8 @@ lowering passes in zero-filled to every call (checked in the lowered program by 
 ``plgpu.kernel`` on JAX 0.11 has no input/output aliasing for buffers of our own, and
 ``pl.pallas_call`` no longer lowers to Mosaic GPU).
 
-Measured on the H100 (BENCHMARKS.md, seventeenth to nineteenth sessions; device time,
-complex time-invariant planes, 64-step chunks): forward+backward 0.139 ms at (8, 4096,
+Measured on the H100 with tickets (BENCHMARKS.md, seventeenth to nineteenth sessions; device
+time, complex time-invariant planes, 64-step chunks): forward+backward 0.139 ms at (8, 4096,
 256) (forward kernel 0.055, backward kernel 0.076 ms: ~2.45 and ~2.6 TB/s), against 0.145
 with neither ``TMA_STORE`` nor ``STREAM_H``, 0.157 for the two-read L-parallel Mosaic scan
 and 0.390 for plain ``lax.associative_scan`` (2.81x); 0.143 at (4, 8192, 256) and (1, 16384,
@@ -66,7 +66,10 @@ fast as a TMA copy of the same chunks or XLA's copy (0.048 ms, 2.8 TB/s); the lo
 scan) measured slower (0.166-0.168 ms), and so did 32-step chunks for the backward (0.155),
 so both are off. Removed after measuring: a look-back polling 4 or 8 chunks a trip (no
 faster), staging the grid index's chunk before the ticket comes (0.153: slower), TMA stores
-waited for only until read (no faster) and sibling ``da`` reductions (no faster).
+waited for only until read (no faster) and sibling ``da`` reductions (no faster). On an H200
+(twentieth session, not yet timed on the H100): the chunk by grid index (``GRID_ORDER``)
+took the forward+backward from 0.112 to 0.103 ms at (8, 4096, 256) (3.09x to 3.38x plain
+``lax.associative_scan`` there); ``DA_ROWS`` was not faster.
 """
 
 from __future__ import annotations
