@@ -26,6 +26,8 @@ from pallas_kernels.linear_scan import linear_scan
 from ssmjax.ops import linear_recurrence
 from ssmjax.testing import assert_allclose
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # (compile-bound interpreted kernels)
+
 MOSAIC = "mosaic_gpu_v2"  # the custom call of a Mosaic GPU kernel
 TRITON = "__gpu$xla.gpu.triton"  # that of a Pallas-Triton kernel
 BATCH = 2
