@@ -43,8 +43,7 @@ Pass 2 writes its rows over the staged chunk and stores each tile from shared me
 (``TMA_STORE``). The backward runs the same kernel the other way in time on the adjoint
 ``g_s = dh_s + conj(a) g_{s+1}`` (``db = g``), with its chunk of ``h`` loaded into registers
 when the chunk starts (``STREAM_H``; staged beside ``dh`` when off) for ``da = sum_s g_s
-conj(h_{s-1})`` (per chunk, all planes in one array summed by one XLA reduction; with
-``DA_ROWS`` the chunks as the minor axis, one row reduction a plane), and writes
+conj(h_{s-1})`` (per chunk, all planes in one array summed by one XLA reduction), and writes
 ``dh0 = conj(a) g_0``. HBM traffic: ``b`` in, ``h`` out forward; ``dh``, ``h`` in, ``db``
 out backward.
 
@@ -69,7 +68,9 @@ faster), staging the grid index's chunk before the ticket comes (0.153: slower),
 waited for only until read (no faster) and sibling ``da`` reductions (no faster). On an H200
 (twentieth session, not yet timed on the H100): the chunk by grid index (``GRID_ORDER``)
 took the forward+backward from 0.112 to 0.103 ms at (8, 4096, 256) (3.09x to 3.38x plain
-``lax.associative_scan`` there); ``DA_ROWS`` was not faster.
+``lax.associative_scan`` there). Removed after measuring there: ``da`` written with the
+chunks as the minor axis (a word a thread by ``st.global``) and summed by row reductions
+(the reductions saved 0.0012 ms, the backward kernel took 0.003 longer).
 """
 
 from __future__ import annotations
@@ -126,12 +127,6 @@ STREAM_H = True
 # which cannot start gives up after ``SPIN_LIMIT`` polls and the chunk's states are NaN; it
 # never hangs. The persistent form (``PROGRAMS_PER_SM``) always takes tickets.
 GRID_ORDER = True
-# DA_ROWS (off: not faster on an H200, twentieth session; bench letter ``t``): the backward
-# writes each chunk's ``da`` with the summed axis minor, ``(planes, Ba, d, chunks per a)`` (a
-# word per thread by ``st.global``, each in its own 32-byte sector), summed by one XLA row
-# reduction a plane; off: ``(chunks * batch, planes, d)``, one column reduction and a copy
-# a plane. The reductions took 0.0040 ms instead of 0.0052, the backward kernel 0.003 longer.
-DA_ROWS = False
 
 
 def supported(d: int, chunk: int, staged_bytes: int, interpret: bool) -> str | None:
@@ -170,7 +165,6 @@ def _kernel(
     tma_store,
     stream_h,
     grid_order,
-    da_rows,
     has_h0,
 ):
     """Chunks of ``chunk`` steps of 128 channels of one sequence: with ``grid_order`` the
@@ -183,15 +177,15 @@ def _kernel(
     d)`` (``b``, or ``dh`` when ``adjoint``), ``h`` (``adjoint`` only, for ``da``), ``h0``
     ``(batch, d)`` (``has_h0`` only; zeros otherwise), in the interpreter the counter
     ``(1,)`` and status ``(2 * n_planes * n_chunks * batch, d)`` int32 zeros; outputs ``y``
-    (``h`` or ``db``), ``da`` ``(n_chunks * batch, n_planes, d)`` (one array; with
-    ``da_rows`` ``(n_planes, Ba, d, chunks per a)``) and ``dh0`` (``adjoint`` and ``has_h0``
-    only), in the interpreter then the counter and status (aliased to those inputs;
-    compiled, both are zero-filled global semaphore arrays of ``pl.get_global``, the status
-    one flat, the counter absent with ``grid_order``); scratch: the staged ``x`` (and ``h``,
-    unless ``stream_h``) chunks ``(buffers, chunk / TILE, TILE, 128)``, two words for the
-    ticket and, compiled, one TMA barrier per tile and buffer. Status row of (plane ``q``,
-    chunk ``k`` in this kernel's order, sequence ``i``): ``((kind * n_planes + q) * n_chunks
-    + k) * batch + i``, ``kind`` 0 for aggregates, 1 for inclusive end states.
+    (``h`` or ``db``), ``da`` ``(n_chunks * batch, n_planes, d)`` (one array) and ``dh0``
+    (``adjoint`` and ``has_h0`` only), in the interpreter then the counter and status
+    (aliased to those inputs; compiled, both are zero-filled global semaphore arrays of
+    ``pl.get_global``, the status one flat, the counter absent with ``grid_order``);
+    scratch: the staged ``x`` (and ``h``, unless ``stream_h``) chunks ``(buffers, chunk /
+    TILE, TILE, 128)``, two words for the ticket and, compiled, one TMA barrier per tile and
+    buffer. Status row of (plane ``q``, chunk ``k`` in this kernel's order, sequence ``i``):
+    ``((kind * n_planes + q) * n_chunks + k) * batch + i``, ``kind`` 0 for aggregates, 1 for
+    inclusive end states.
     """
     p, C = n_planes, chunk
     n_tiles = C // TILE
@@ -325,11 +319,7 @@ def _kernel(
             ops.drain()
         if adjoint:
             for q, v in enumerate(da):
-                if da_rows:  # (planes, Ba, d, chunks per a): a column of the minor axis
-                    index = (q, 0, c * batch + i) if shared_a else (q, i, c)
-                    ops.store_across(da_ref, index, cols, v)
-                else:
-                    da_ref[c * batch + i, q, cols] = v
+                da_ref[c * batch + i, q, cols] = v
             cf = n_chunks - 1 - c  # the forward's chunk index
 
             @pl.when((cf == 0) & has_h0)
@@ -413,18 +403,12 @@ def _call(cfg, ap, xp, hpp, h0p, adjoint: bool, out_dtype, chunk: int, programs_
         tma_store=tma_store,
         stream_h=stream_h,
         grid_order=GRID_ORDER and not programs_per_sm,  # (the persistent grid takes tickets)
-        da_rows=DA_ROWS,
         has_h0=bool(h0p),
     )
     seq = jax.ShapeDtypeStruct((batch, lp, d), out_dtype)
     out_shape = [seq] * p
-    if adjoint and DA_ROWS:
-        shared_a = ap[0].shape[0] == 1
-        rows_da = (1, n_chunks * batch) if shared_a else (batch, n_chunks)
-        out_shape.append(jax.ShapeDtypeStruct((p, rows_da[0], d, rows_da[1]), _F32))
-    elif adjoint:
-        out_shape.append(jax.ShapeDtypeStruct((n_chunks * batch, p, d), _F32))
     if adjoint:
+        out_shape.append(jax.ShapeDtypeStruct((n_chunks * batch, p, d), _F32))
         out_shape += [jax.ShapeDtypeStruct((batch, d), v.dtype) for v in h0p]
     n_tiles = chunk // TILE
     staged = [v.dtype for v in (*xp, *(() if stream_h else hpp))]
@@ -490,8 +474,6 @@ def run_bwd_lookback_mosaic(cfg, ap, hp, dhp, h0p, b_dtype, chunk: int = CHUNK):
     batch, _, d = hp[0].shape
     outs, n_chunks = _call(cfg, ap, dhp, hp, h0p, True, b_dtype, chunk, PROGRAMS_PER_SM)
     db, (da,), dh0 = outs[:p], outs[p : p + 1], outs[p + 1 :]
-    if da.ndim == 4:  # DA_ROWS: (planes, Ba, d, chunks per a), one row reduction a plane
-        return tuple(db), tuple(jnp.sum(da[q], axis=-1) for q in range(p)), tuple(dh0)
     # One reduction for every plane (over the sequences too for a shared a: (1, d) planes).
     shared = ap[0].shape[0] == 1
     da = jnp.sum(da.reshape(n_chunks, batch, p, d), axis=(0, 1) if shared else 0)

@@ -50,12 +50,6 @@ class _Interpret:
     def grid_index(self):
         return pl.program_id(0)
 
-    def store_across(self, ref, index, cols, v):
-        """``ref[(*index, cols, k)] = v`` for ``index + (k,) = index``: a vector across the
-        minor axis's rows."""
-        *lead, k = index
-        ref[(*lead, cols, k)] = v
-
     def vec(self, ref):
         return ref[...]
 
@@ -229,45 +223,6 @@ class _Compiled:
                 )
 
         store(status_ref, offsets, list(vals))
-
-    def store_across(self, ref, index, cols, v):
-        """``ref[(*lead, cols, k)] = v`` for ``index = (*lead, k)`` (``ref`` row-major, its
-        last two axes ``(d, K)``): each thread stores its channel's word with a plain
-        ``st.global`` (a column of the minor axis, which a TMA or vector store cannot
-        write)."""
-        from jax.experimental.mosaic.gpu import utils as mu
-        from jaxlib.mlir import ir
-        from jaxlib.mlir.dialects import arith, llvm, vector
-
-        *lead, k = index
-        shape = ref.shape
-        K = shape[-1]
-        off = 0
-        for i, n in zip(lead, shape[:-2], strict=True):
-            off = off * n + i
-        off = (off * shape[-2] + cols.start) * K + k
-
-        @plgpu.inline_mgpu(
-            arg_types=(plgpu.RefType(), self.scalar, self.vec_layout),
-            return_type=None,
-        )
-        def store(ctx, out, base, v):
-            del ctx
-            i32, f32 = ir.IntegerType.get_signless(32), ir.F32Type.get()
-            lane = arith.muli(self._lane_offset(v.layout), mu.c(K, i32))
-            x = vector.extract(v.registers.item(), [], [0])
-            addr = mu.getelementptr(
-                mu.memref_ptr(out), [arith.addi(base.registers.item(), lane)], f32
-            )
-            llvm.inline_asm(
-                ir.Type.parse("!llvm.void"),
-                [addr, x],
-                "st.global.f32 [$0], $1;",
-                "l,f",
-                has_side_effects=True,
-            )
-
-        store(ref, jnp.asarray(off, _I32), v)
 
     def look_back(self, status_ref, k0, rows_of, cols, big_a, h0, spin_limit, *, d):
         """The interpreter's look-back as one ``scf.while`` per thread, polling its channel's

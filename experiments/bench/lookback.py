@@ -17,9 +17,8 @@ tickets, the next chunk staged while one is scanned), a suffix ``e<k>``: only ev
 ``k``-th chunk publishes its inclusive end state (the look-back's accumulation path,
 checked on the device), then ``s``: rows stored by TMA from shared memory
 (``TMA_STORE``), ``r``: the backward's ``h`` loaded into registers instead of staged
-(``STREAM_H``), then ``n``: a program's chunk is its grid index (``GRID_ORDER``), ``t``:
-``da`` written with the summed axis minor (``DA_ROWS``), each off where its letter is absent
-(the library's default is ``m64srn``); e.g. ``m64p1e3sr``, ``m64srnt``.
+(``STREAM_H``), then ``n``: a program's chunk is its grid index (``GRID_ORDER``), each off
+where its letter is absent (the library's default is ``m64srn``); e.g. ``m64p1e3sr``.
 """
 
 import argparse
@@ -40,7 +39,6 @@ from pallas_kernels.linear_scan import linear_scan_planes
 TMA_STORE = lookback_mosaic.TMA_STORE
 STREAM_H = lookback_mosaic.STREAM_H
 GRID_ORDER = lookback_mosaic.GRID_ORDER
-DA_ROWS = lookback_mosaic.DA_ROWS
 
 
 def planes_inputs(shape: str):
@@ -97,16 +95,14 @@ def main(argv=None):
         lookback_mosaic.TMA_STORE = TMA_STORE
         lookback_mosaic.STREAM_H = STREAM_H
         lookback_mosaic.GRID_ORDER = GRID_ORDER
-        lookback_mosaic.DA_ROWS = DA_ROWS
-        pattern = r"m(\d+)(?:p(\d+))?(?:e(\d+))?(s?)(r?)(n?)(t?)"
+        pattern = r"m(\d+)(?:p(\d+))?(?:e(\d+))?(s?)(r?)(n?)"
         if m := re.fullmatch(pattern, cfg):
-            t, per_sm, every, tma_store, stream_h, grid_order, da_rows = m.groups()
+            t, per_sm, every, tma_store, stream_h, grid_order = m.groups()
             lookback_mosaic.INCLUSIVE_EVERY = int(every or 1)
             lookback_mosaic.PROGRAMS_PER_SM = int(per_sm or 0)
             lookback_mosaic.TMA_STORE = bool(tma_store)  # (each form as named)
             lookback_mosaic.STREAM_H = bool(stream_h)
             lookback_mosaic.GRID_ORDER = bool(grid_order)
-            lookback_mosaic.DA_ROWS = bool(da_rows)
             kw = dict(layout="mosaic_lookback", chunks=-(-length // int(t)))
         elif cfg == "auto":
             kw = {}

@@ -193,13 +193,11 @@ def test_global_stores_and_staged_h_match_sequential(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("form", ["shared", "per_seq"])
-def test_ticket_and_da_rows_match_sequential(rng, monkeypatch, form):
-    """``GRID_ORDER`` off and ``DA_ROWS`` on (the tests above run the defaults, the other way
-    round): each program takes a ticket from the counter, and ``da`` is written ``(planes,
-    Ba, d, chunks per a)`` and summed over its minor axis."""
-    assert lbm.GRID_ORDER and not lbm.DA_ROWS  # the forms the other tests check
+def test_tickets_match_sequential(rng, monkeypatch, form):
+    """``GRID_ORDER`` off (the tests above run it on, the default): each program takes its
+    chunk as a ticket from the counter."""
+    assert lbm.GRID_ORDER  # the form the other tests check
     monkeypatch.setattr(lbm, "GRID_ORDER", False)
-    monkeypatch.setattr(lbm, "DA_ROWS", True)
     _check(rng, "complex64", 77, 192, 3, form == "shared", form, True)
 
 
@@ -292,14 +290,13 @@ def test_mosaic_lookback_lowers_to_mosaic_gpu(
     """One Mosaic GPU kernel forward, two for the gradient w.r.t. ``a``, ``b``, ``h0``
     (forward and adjoint), no Triton kernel, each lowered for CUDA on this CPU: catches what
     the Mosaic GPU lowering rejects (TMA shapes, layouts, the inline PTX), which interpret
-    mode does not run. ``knobs_on``: ``TMA_STORE``, ``STREAM_H``, ``GRID_ORDER`` and
-    ``DA_ROWS`` as by default (on) or all off."""
+    mode does not run. ``knobs_on``: ``TMA_STORE``, ``STREAM_H`` and ``GRID_ORDER`` as by
+    default (on) or all off."""
     monkeypatch.setattr(lbm, "on_hopper", lambda: True)
     monkeypatch.setattr(lbm, "PROGRAMS_PER_SM", programs_per_sm)
     monkeypatch.setattr(lbm, "TMA_STORE", knobs_on)
     monkeypatch.setattr(lbm, "STREAM_H", knobs_on)
     monkeypatch.setattr(lbm, "GRID_ORDER", knobs_on)
-    monkeypatch.setattr(lbm, "DA_ROWS", knobs_on)
     batch, _, d = shape
     sds = jax.ShapeDtypeStruct
     a_shape = (d,) if form == "shared" else (batch, d)
