@@ -322,10 +322,12 @@ def _kernel(
                 da_ref[c * batch + i, q, cols] = v
             cf = n_chunks - 1 - c  # the forward's chunk index
 
-            @pl.when((cf == 0) & has_h0)
-            def _():
-                for r, v in zip(dh0_refs, _mul(h, a)[: len(dh0_refs)], strict=True):
+            def store_dh0():
+                for r, v in zip(dh0_refs, _mul(h, a), strict=True):
                     r[i, cols] = v.astype(r.dtype)
+
+            if has_h0:  # (no dh0 without h0)
+                pl.when(cf == 0)(store_dh0)
 
     def next_ticket(k, buf):
         """Take the next ticket (shared through tick word ``k % 2``) and stage its chunk

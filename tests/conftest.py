@@ -57,6 +57,7 @@ def fast_compile():
     module with ``pytestmark = pytest.mark.usefixtures("fast_compile")``. What a program
     computes is unchanged; only how much XLA optimises it.
     """
+    old = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     yield
-    jax.config.update("jax_disable_most_optimizations", False)
+    jax.config.update("jax_disable_most_optimizations", old)

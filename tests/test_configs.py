@@ -10,7 +10,6 @@ import dataclasses
 import importlib
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -64,11 +63,7 @@ for _task in TASKS:
     register_dataset(f"fixture_{_task}", lambda _task=_task, **_: fixture(_task))
 
 
-@pytest.fixture(autouse=True)
-def fast_compile():
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
+pytestmark = pytest.mark.usefixtures("fast_compile")  # (compile-bound: tiny training runs)
 
 
 CASES = [(f, m) for f in CONFIG_FILES for m in MODELS]

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from layer_cases import D_MODEL, LAYERS, build
+from layer_cases import D_MODEL, LAYERS, apply, build
 
 from ssmjax.testing import assert_allclose
 
@@ -16,14 +16,6 @@ from ssmjax.testing import assert_allclose
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 LENGTHS = [1, 33, 512]
-
-
-@nnx.jit(static_argnames=("return_state",))
-def apply(layer, x, mask=None, state=None, return_state=False):
-    """``layer(x, mask, state=state, return_state=return_state)``, compiled: one program per
-    layer and input shape instead of one per primitive and shape (the op-by-op dispatch of an
-    eager call, which dominated these tests' time)."""
-    return layer(x, mask, state=state, return_state=return_state)
 
 
 def random_input(key, batch, length, dtype=jnp.float32):

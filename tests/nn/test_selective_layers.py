@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from layer_cases import apply
 
 import ssmjax.nn as snn
 from ssmjax.nn import SelectiveState, SSMParam, SSMStepParam
@@ -52,18 +53,8 @@ IMPLEMENTATIONS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _fast_compile():
-    """These tests are dominated by XLA compile time; unoptimised programs compile ~2x faster."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
-
-
-@nnx.jit(static_argnames=("return_state",))
-def apply(layer, x, mask=None, state=None, return_state=False):
-    return layer(x, mask, state=state, return_state=return_state)
+# These tests are dominated by XLA compile time; unoptimised programs compile ~2x faster.
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @nnx.jit
