@@ -1,6 +1,7 @@
 """Strict JAX settings for the whole test suite, and shared fixtures."""
 
 import atexit
+import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -8,6 +9,14 @@ import zlib
 
 # Must be set before JAX initialises its backends.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# jaxlib 0.10.2's CPU backend segfaults running some YNNPACK reduce fusions whose operands
+# have unit dimensions (seen on an AMD EPYC host: the gradients of ops.gla's chunked form
+# with one chunk or one sub-chunk per chunk, in ynn's transpose); the flag below turns that
+# fusion type off (the README's known issues). Only for that version: an XLA that does not
+# know the flag aborts on it.
+if importlib.metadata.version("jaxlib") == "0.10.2":
+    _FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 
 import jax
 import numpy as np

@@ -410,6 +410,7 @@ LINEAR_FORMS = (
     "lookback",
     "mosaic-lookback",
     "mosaic-lookback-agg",
+    "mosaic-lookback-zero",
 )
 
 
@@ -425,7 +426,8 @@ def check(
     """On-device correctness cases; ``linear_forms``: a subset of ``LINEAR_FORMS`` (the
     ``mosaic-*`` forms run on 256 channels, Hopper only: ``layout="mosaic"``, or
     ``"mosaic_lookback"`` for ``mosaic-lookback``, where with ``-agg`` only every third chunk
-    publishes its inclusive state, so look-backs add up aggregates on the GPU); ``ss_impls``:
+    publishes its inclusive state, so look-backs add up aggregates on the GPU, and with
+    ``-zero`` no ``h0`` is passed, so the kernel starts from zeros itself); ``ss_impls``:
     the selective-scan rows checked (``"pallas"``, or ``"pallas:opts"`` the kernel called
     with options); ``ss_cases``: indices of the selective-scan cases to run (all if
     ``None``); ``linear_dtypes``, ``linear_lengths``: the linear_scan cases' dtypes and
@@ -456,8 +458,10 @@ def check(
             chunks, layout = {33: 2, 1000: 16}.get(length, 1), "mosaic_lookback"
         lookback_mosaic.INCLUSIVE_EVERY = 3 if form.endswith("-agg") else 1
         h0 = jnp.ones((2, *state), jnp.complex64 if dtype == "complex64" else jnp.float32) * 0.3
+        given = not form.endswith("-zero")  # else no h0: zeros, and no dh0 to compare
 
-        def run(impl, a, b, h0, rev=rev, chunks=chunks, layout=layout):
+        def run(impl, a, b, h0, rev=rev, chunks=chunks, layout=layout, given=given):
+            h0 = h0 if given else None
             if impl == "pallas":
                 return linear_scan(a, b, h0, reverse=rev, chunks=chunks, layout=layout)
             return linear_recurrence(a, b, h0, reverse=rev, implementation="sequential")
@@ -466,7 +470,7 @@ def check(
         for impl in ("pallas", "sequential"):
             f = lambda a, b, h0, impl=impl: run(impl, a, b, h0)
             h, vjp = jax.vjp(f, a, b, h0)
-            outs[impl] = (h, vjp(ct.astype(h.dtype)))
+            outs[impl] = (h, vjp(ct.astype(h.dtype))[: 3 if given else 2])
         e_f = rel_err(outs["pallas"][0], outs["sequential"][0])
         e_g = tree_err(outs["pallas"][1], outs["sequential"][1])
         tol = 2e-2 if dtype == "bfloat16" else 1e-5 * max(1.0, np.sqrt(length))
