@@ -65,10 +65,12 @@ fast as a TMA copy of the same chunks or XLA's copy (0.048 ms, 2.8 TB/s); the lo
 scan) measured slower (0.166-0.168 ms), and so did 32-step chunks for the backward (0.155),
 so both are off. Removed after measuring: a look-back polling 4 or 8 chunks a trip (no
 faster), staging the grid index's chunk before the ticket comes (0.153: slower), TMA stores
-waited for only until read (no faster) and sibling ``da`` reductions (no faster). On an H200
-(twentieth session, not yet timed on the H100): the chunk by grid index (``GRID_ORDER``)
-took the forward+backward from 0.112 to 0.103 ms at (8, 4096, 256) (3.09x to 3.38x plain
-``lax.associative_scan`` there). Removed after measuring there: ``da`` written with the
+waited for only until read (no faster) and sibling ``da`` reductions (no faster). The chunk
+by grid index (``GRID_ORDER``) took the forward+backward from 0.136 to 0.1275 ms at (8, 4096,
+256) on the H100 (forward kernel 0.050, backward kernel 0.072 ms; 2.85x to 3.04x plain
+``lax.associative_scan``), to 0.129 at (4, 8192, 256) (3.02x) and (1, 16384, 512) (2.93x)
+(twenty-first session); on an H200 from 0.112 to 0.103 ms (twentieth session). Removed after
+measuring on the H200: ``da`` written with the
 chunks as the minor axis (a word a thread by ``st.global``) and summed by row reductions
 (the reductions saved 0.0012 ms, the backward kernel took 0.003 longer).
 """
@@ -117,7 +119,7 @@ TMA_STORE = True
 # the chunk starts instead of staging it in shared memory (half the shared memory a program
 # takes, so more programs fit on an SM).
 STREAM_H = True
-# GRID_ORDER (measured 9% faster forward+backward on an H200, twentieth session; off: bench
+# GRID_ORDER (measured 6-10% faster forward+backward on the H100, twenty-first session; off: bench
 # configs without ``n``, tested both ways): a program's chunk is its grid index, not a
 # ticket from an atomic counter (no atomic before the first load, and no counter word: the
 # zero-filled status buffer stays a whole number of 16-byte vectors, which XLA filled in
