@@ -154,6 +154,7 @@ def test_linear_mosaic_variants_and_shapes():
     assert parse_shape("fp32-tv:4x8192x2048") == ((4, 8192, 2048), "float32", False)
 
 
+@pytest.mark.usefixtures("fast_compile")
 def test_linear_mosaic_rows_interpreted(monkeypatch):
     """The variant table on tiny shapes, the kernels interpreted: every variant checked
     against the associative scan (switches restored after each)."""
@@ -307,6 +308,7 @@ def test_bandwidth_jax_rows_interpreted(monkeypatch):
         assert rows[0]["dev ms"] is None and "ok" not in rows[0]
 
 
+@pytest.mark.usefixtures("fast_compile")
 @pytest.mark.parametrize(("dtype", "lti"), [("float32", False), ("complex64", True)])
 def test_kernels_plain_jax_rows(dtype, lti):
     """The issue's baselines in ``experiments.bench.kernels``: plain ``lax.associative_scan``

@@ -18,6 +18,8 @@ from pallas_kernels.linear_scan import linear_scan, linear_scan_planes
 from ssmjax.ops import linear_recurrence
 from ssmjax.testing import assert_allclose
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 CASES = {
     # dtype, length, chunks, reverse, a form, with h0, inclusive_every
     "c64-odd-partial-chunk": ("complex64", 37, 5, False, "shared", True, 1),
