@@ -70,9 +70,9 @@ by grid index (``GRID_ORDER``) took the forward+backward from 0.136 to 0.1275 ms
 256) on the H100 (forward kernel 0.050, backward kernel 0.072 ms; 2.85x to 3.04x plain
 ``lax.associative_scan``), to 0.129 at (4, 8192, 256) (3.02x) and (1, 16384, 512) (2.93x)
 (twenty-first session); on an H200 from 0.112 to 0.103 ms (twentieth session). Removed after
-measuring on the H200: ``da`` written with the
-chunks as the minor axis (a word a thread by ``st.global``) and summed by row reductions
-(the reductions saved 0.0012 ms, the backward kernel took 0.003 longer).
+measuring on the H200: ``da`` written with the chunks as the minor axis (a word a thread by
+``st.global``) and summed by row reductions (the reductions saved 0.0012 ms, the backward
+kernel took 0.003 longer).
 """
 
 from __future__ import annotations
@@ -119,15 +119,16 @@ TMA_STORE = True
 # the chunk starts instead of staging it in shared memory (half the shared memory a program
 # takes, so more programs fit on an SM).
 STREAM_H = True
-# GRID_ORDER (measured 6-10% faster forward+backward on the H100, twenty-first session; off: bench
-# configs without ``n``, tested both ways): a program's chunk is its grid index, not a
-# ticket from an atomic counter (no atomic before the first load, and no counter word: the
-# zero-filled status buffer stays a whole number of 16-byte vectors, which XLA filled in
-# half the time). It relies on the GPU starting programs in grid order, as CUB's single-pass
-# scan does ("blocks are launched in increasing order"): then a program waits only on
-# programs already running. Were that ever not so, a look-back that waits on a program
-# which cannot start gives up after ``SPIN_LIMIT`` polls and the chunk's states are NaN; it
-# never hangs. The persistent form (``PROGRAMS_PER_SM``) always takes tickets.
+# GRID_ORDER (forward+backward 6% faster than tickets side by side on the H100, twenty-first
+# session; off: bench configs without ``n``, tested both ways): a program's chunk is
+# its grid index, not a ticket from an atomic counter (no atomic before the first load,
+# and no counter word: the zero-filled status buffer stays a whole number of 16-byte
+# vectors, which XLA filled in half the time). It relies on the GPU starting programs in
+# grid order, as CUB's single-pass scan does ("blocks are launched in increasing order"):
+# then a program waits only on programs already running. Were that ever not so, a
+# look-back that waits on a program which cannot start gives up after ``SPIN_LIMIT`` polls and
+# the chunk's states are NaN; it never hangs. The persistent form (``PROGRAMS_PER_SM``)
+# always takes tickets.
 GRID_ORDER = True
 
 
