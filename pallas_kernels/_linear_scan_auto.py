@@ -75,14 +75,33 @@ def auto_lookback(d: int, dtype) -> bool:
     kernel supports the call. On the H100 (BENCHMARKS.md, seventeenth session; device time,
     forward+backward, complex time-invariant planes) it beat that scan at every grid below
     32 programs timed: (8, 4096, 256) 0.146 vs 0.157 ms, (4, 8192, 256) 0.149 vs 0.162,
-    (1, 16384, 512) 0.149 vs 0.164 (eighteenth session, with TMA stores and the backward's
-    ``h`` in registers: 0.140, 0.143, 0.143); at 64 programs (32, 1024, 256) the
-    single-pass Mosaic scan stays faster (0.126 vs 0.139 in the seventeenth session), and is
-    what ``auto_layout`` picks there. Any length (the last chunk is padded)."""
+    (1, 16384, 512) 0.149 vs 0.164 (twenty-first session, the kernel as it is now: 0.1275,
+    0.129, 0.129). Any length (the last chunk is padded). From 32 programs see
+    :func:`auto_lookback_single_pass`."""
     d_mosaic = -(-d // MOSAIC_BLOCK_D) * MOSAIC_BLOCK_D
     # The backward stages dh (and h, with STREAM_H off) planes: one tile of both must fit.
     row_bytes = 2 * 2 * jnp.dtype(dtype).itemsize
     return lookback_mosaic_supported(d_mosaic, MOSAIC_TILE, row_bytes, False) is None
+
+
+LOOKBACK_MAX_PROGRAMS = 64  # the largest single-pass grid where the look-back scan was timed
+LOOKBACK_MIN_LENGTH = 1024  # the shortest sequence there
+
+
+def auto_lookback_single_pass(batch: int, d: int, length: int, dtype) -> bool:
+    """Whether ``layout=None`` takes the Mosaic GPU look-back scan (default chunks) where
+    :func:`auto_layout` picks the single-pass Mosaic scan: for complex planes with a
+    time-invariant ``a`` (the caller checks both), a grid of at most
+    ``LOOKBACK_MAX_PROGRAMS`` programs of 128 channels, at least ``LOOKBACK_MIN_LENGTH``
+    steps, and when :func:`auto_lookback` holds. On the H100 (BENCHMARKS.md,
+    twenty-second session; device time, forward+backward, complex time-invariant planes,
+    side by side) it beat the single-pass scan at both grids timed: 32 programs (8, 4096,
+    512) 0.243 vs 0.261 ms, 64 programs (32, 1024, 256) 0.1249 vs 0.1268. Not timed at 128
+    programs or more, nor on shorter sequences: the single-pass scan stays there."""
+    programs = batch * -(-d // MOSAIC_BLOCK_D)
+    if programs > LOOKBACK_MAX_PROGRAMS or length < LOOKBACK_MIN_LENGTH:
+        return False
+    return auto_lookback(d, dtype)
 
 
 def default_chunks(batch: int, blocks: int, length: int) -> int:

@@ -64,10 +64,13 @@ Design (one kernel forward, one fused kernel backward):
 * ``layout="mosaic_lookback"`` (time-invariant ``a``; Hopper): the same single-read schedule
   as a Pallas Mosaic GPU kernel (:mod:`pallas_kernels._linear_scan_lookback_mosaic`): every
   chunk (default 64 steps) staged once by TMA into shared memory, the ticket and the status
-  words in PTX through ``plgpu.inline_mgpu``. On the H100 forward+backward 0.139 ms at
+  words in PTX through ``plgpu.inline_mgpu``. On the H100 forward+backward 0.1275 ms at
   (8, 4096, 256) complex, against 0.157 for the L-parallel Mosaic scan; the automatic
   choice for complex planes where that scan would be taken (:func:`auto_lookback`;
-  BENCHMARKS.md, seventeenth to nineteenth sessions).
+  BENCHMARKS.md, seventeenth to twenty-first sessions), and at 32-64 programs from 1024
+  steps, where the single-pass Mosaic scan would be (:func:`auto_lookback_single_pass`:
+  0.243 vs 0.261 ms at (8, 4096, 512), 0.1249 vs 0.1268 at (32, 1024, 256); twenty-second
+  session).
 
 The reference this is tested against is ``ssmjax.ops.linear_recurrence(...,
 implementation="sequential")``.
@@ -90,6 +93,7 @@ from pallas_kernels._linear_scan_auto import (
     MOSAIC_MIN_PROGRAMS,
     auto_layout,
     auto_lookback,
+    auto_lookback_single_pass,
     auto_mosaic_chunks,
     default_chunks,
 )
@@ -118,6 +122,7 @@ __all__ = [
     "MOSAIC_MIN_PROGRAMS",
     "auto_layout",
     "auto_lookback",
+    "auto_lookback_single_pass",
     "auto_mosaic_chunks",
     "default_chunks",
     "linear_scan",
@@ -512,9 +517,13 @@ def _run_planes(
         options = dict(block_d=block_d, unroll=unroll, num_warps=num_warps, chunks=chunks)
         options["num_stages"] = None if num_stages == 1 else num_stages
         layout = auto_layout(batch, d, interpret, options)
+        lookback_ok = time_invariant and n == 2  # complex planes: the only ones timed
+        if layout == "mosaic" and lookback_ok:
+            if auto_lookback_single_pass(batch, d, length, bp[0].dtype):
+                layout = "mosaic_lookback"  # measured faster at 32-64 programs
         if layout == "channel" and time_invariant:
             c = auto_mosaic_chunks(batch, d, length, interpret, options)
-            if c > 1 and n == 2 and auto_lookback(d, bp[0].dtype):
+            if c > 1 and lookback_ok and auto_lookback(d, bp[0].dtype):
                 layout = "mosaic_lookback"  # complex: measured faster than the chunked scan
             elif c > 1:
                 layout, chunks = "mosaic", c

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 from test_linear_scan import check_against_sequential, lti_a_shape, make_inputs, make_lti_a
 
+import pallas_kernels._linear_scan_lookback_mosaic as lbm
 import pallas_kernels._linear_scan_mosaic as lm
 import pallas_kernels._linear_scan_mosaic_chunked as lmc
 import pallas_kernels.linear_scan as ls
@@ -465,6 +466,66 @@ def test_auto_small_grid_is_chunked_mosaic(hopper):
     assert text.count(MOSAIC) == 2 and TRITON not in text
     text = lowered(lambda a, b: linear_scan(a, b), b[0], b[0])  # real, time-varying a
     assert MOSAIC not in text and TRITON in text
+
+
+SINGLE_PASS_GRIDS = {
+    # (batch, l, d), a form, complex, whether layout=None takes the look-back scan
+    "c64-32-programs": ((8, 4096, 512), "shared", True, True),
+    "c64-64-programs-perseq": ((32, 1024, 256), "per_seq", True, True),
+    "c64-64-programs-odd": ((8, 1001, 1024), "shared", True, False),  # below 1024 steps
+    "c64-128-programs": ((16, 4096, 1024), "shared", True, False),
+    "fp32-64-programs": ((32, 1024, 256), "shared", False, False),
+}
+
+
+@pytest.mark.parametrize(
+    ("shape", "form", "is_complex", "lookback"),
+    list(SINGLE_PASS_GRIDS.values()),
+    ids=list(SINGLE_PASS_GRIDS),
+)
+def test_auto_single_pass_grid_kernel(hopper, shape, form, is_complex, lookback):
+    """Where ``auto_layout`` picks the single-pass Mosaic scan for a time-invariant ``a``:
+    complex planes on 32-64 programs from 1024 steps take the look-back scan instead (one
+    Mosaic kernel forward, two for the gradient), every other grid keeps the single pass; a
+    time-varying ``a`` keeps it too."""
+    batch, length, d = shape
+    sds = jax.ShapeDtypeStruct
+    a_shape = (d,) if form == "shared" else (batch, d)
+    assert ls.auto_layout(batch, d, False, {}) == "mosaic"
+    if is_complex:
+        assert ls.auto_lookback_single_pass(batch, d, length, jnp.float32) == lookback
+    n = 2 if is_complex else 1
+    a, b = (sds(a_shape, jnp.float32),) * n, (sds(shape, jnp.float32),) * n
+    f = lambda a, b: linear_scan_planes(a, b) if is_complex else (linear_scan(a[0], b[0]),)
+
+    def grad(a, b):
+        loss = lambda a, b: sum(jnp.sum(h**2) for h in f(a, b))
+        return jax.grad(loss, argnums=(0, 1))(a, b)
+
+    kernel = "linear_scan_lookback_mosaic" if lookback else "linear_scan_fwd_mosaic"
+    text = lowered(f, a, b)
+    assert text.count(MOSAIC) == 1 and TRITON not in text and kernel in text
+    text = lowered(grad, a, b)
+    assert text.count(MOSAIC) == 2 and TRITON not in text
+    assert ("linear_scan_lookback_mosaic_bwd" in text) == lookback
+    text = lowered(f, b, b)  # time-varying a: the single pass
+    assert text.count(MOSAIC) == 1 and "linear_scan_fwd_mosaic" in text
+
+
+def test_auto_lookback_single_pass_rule(monkeypatch):
+    """At most 64 programs (``d`` padded to whole 128-channel programs), at least 1024
+    steps, and only where the look-back kernel runs (Hopper)."""
+    monkeypatch.setattr(lm, "on_hopper", lambda: True)
+    monkeypatch.setattr(lbm, "on_hopper", lambda: True)
+    rule = ls.auto_lookback_single_pass
+    assert rule(8, 512, 4096, jnp.float32) and rule(32, 256, 1024, jnp.float32)
+    assert rule(2, 2048, 1024, jnp.float32) and rule(1, 8192, 16384, jnp.bfloat16)
+    assert not rule(32, 256, 1023, jnp.float32)
+    assert not rule(16, 1024, 4096, jnp.float32)  # 128 programs
+    assert not rule(33, 256, 4096, jnp.float32)  # 66 programs
+    assert not rule(64, 200, 4096, jnp.float32)  # 200 channels: 2 programs a sequence, 128
+    monkeypatch.setattr(lbm, "on_hopper", lambda: False)
+    assert not rule(8, 512, 4096, jnp.float32)
 
 
 def test_auto_off_hopper_is_triton(monkeypatch):
