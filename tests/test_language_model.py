@@ -8,6 +8,8 @@ from flax import nnx
 
 from ssmjax.models import LanguageModel
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # (compile-bound tiny models)
+
 LAYERS = {
     "mamba": {"d_state": 4, "expand": 2},
     "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},

@@ -3,10 +3,12 @@
 Each ``notebooks/NN_name.ipynb`` (what Colab users open) is executed with ``nbclient`` in a
 fresh IPython kernel, in a temporary working directory, with ``PYTHONPATH`` pointing at the
 repository root (so ``ssmjax`` and ``experiments`` import without an install) and the
-ssmjax data cache in a temporary folder. A cell that raises fails the test; every notebook
-must also produce at least one image. A second test checks that each ``.ipynb`` holds the
-same cells as its jupytext source ``NN_name.py`` (``jupytext --sync notebooks/*.py``
-re-pairs them) and carries no outputs.
+ssmjax data cache in a temporary folder, and with XLA's cheapest compiles
+(``JAX_DISABLE_MOST_OPTIMIZATIONS=1``, the ``fast_compile`` fixture's setting: at smoke size
+the time is compiling; 94 -> 66 s for three notebooks on one core). A cell that raises fails
+the test; every notebook must also produce at least one image. A second test checks that
+each ``.ipynb`` holds the same cells as its jupytext source ``NN_name.py`` (``jupytext
+--sync notebooks/*.py`` re-pairs them) and carries no outputs.
 
 Deselect with ``-k "not notebook"`` for a quicker run.
 """
@@ -56,6 +58,7 @@ def test_notebook_runs_at_smoke_size(source, tmp_path, monkeypatch):
     monkeypatch.setenv("SSMJAX_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebooks' tempfile.mkdtemp() workdirs
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # compile-bound at smoke size
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")  # silences a jupyter_core deprecation
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend makes images
     # The kernel runs this interpreter (the one with ssmjax and ipykernel installed): a

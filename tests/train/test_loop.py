@@ -25,6 +25,8 @@ from ssmjax.train import (
     train_and_evaluate,
 )
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # (compile-bound tiny training runs)
+
 
 def _toy(n=96, length=12, seed=0, nan_from=None, tokens=False):
     """A learnable toy task: the label is whether the sequence's sum is positive."""
@@ -149,6 +151,7 @@ def test_overrides():
 def test_checkpoint_restores_in_a_fresh_process(tmp_path):
     """Stop after 2 steps, resume in a new Python process: same losses as 4 steps straight."""
     env = {**os.environ, "SSMJAX_DATA": str(tmp_path / "data"), "JAX_PLATFORMS": "cpu"}
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # (the fast_compile fixture's setting)
     base = [
         sys.executable,
         "-m",
