@@ -414,6 +414,9 @@ LINEAR_FORMS = (
 )
 
 
+_REVERSE = {"no": False, "yes": True}  # --linear-reverse values
+
+
 def check(
     skip_linear=False,
     linear_forms=LINEAR_FORMS,
@@ -422,6 +425,7 @@ def check(
     ss_cases=None,
     linear_dtypes=("float32", "complex64", "bfloat16"),
     linear_lengths=(1, 33, 1000),
+    linear_reverse=(False, True),
 ):
     """On-device correctness cases; ``linear_forms``: a subset of ``LINEAR_FORMS`` (the
     ``mosaic-*`` forms run on 256 channels, Hopper only: ``layout="mosaic"``, or
@@ -430,13 +434,13 @@ def check(
     ``-zero`` no ``h0`` is passed, so the kernel starts from zeros itself); ``ss_impls``:
     the selective-scan rows checked (``"pallas"``, or ``"pallas:opts"`` the kernel called
     with options); ``ss_cases``: indices of the selective-scan cases to run (all if
-    ``None``); ``linear_dtypes``, ``linear_lengths``: the linear_scan cases' dtypes and
-    lengths (subsets of the defaults)."""
+    ``None``); ``linear_dtypes``, ``linear_lengths``, ``linear_reverse``: the linear_scan
+    cases' dtypes, lengths and directions (subsets of the defaults)."""
     ok = True
     linear_cases = [
         (dtype, length, rev, (4, 64) if form.startswith("mosaic") else (5, 3), form)
         for dtype, length, rev, form in itertools.product(
-            linear_dtypes, linear_lengths, (False, True), linear_forms
+            linear_dtypes, linear_lengths, linear_reverse, linear_forms
         )
     ]
     if skip_linear:
@@ -649,6 +653,11 @@ def main(argv=None):
         help="comma-separated lengths of the linear_scan checks (of 1, 33, 1000)",
     )
     parser.add_argument(
+        "--linear-reverse",
+        default="no,yes",
+        help="comma-separated directions of the linear_scan checks: no (forward), yes (reverse)",
+    )
+    parser.add_argument(
         "--scan-impls",
         default="pallas,associative,chunked,lax.associative_scan,lax.scan",
         help="comma-separated linear_recurrence rows (its implementations, or the plain JAX "
@@ -690,6 +699,8 @@ def main(argv=None):
         help="also print each kernel's device time wherever device time is measured",
     )
     args = parser.parse_args(argv)
+    if bad := set(args.linear_reverse.split(",")) - set(_REVERSE):
+        parser.error(f"--linear-reverse: {sorted(bad)} (choose from no, yes)")
     _harness.KERNEL_TIMES = args.kernel_times
     print(header("python -m experiments.bench.kernels " + " ".join(argv or sys.argv[1:])))
     start = time.perf_counter()
@@ -704,6 +715,7 @@ def main(argv=None):
             else [int(i) for i in args.ss_check_cases.split(",")],
             args.linear_dtypes.split(","),
             [int(n) for n in args.linear_lengths.split(",")],
+            [_REVERSE[r] for r in args.linear_reverse.split(",")],
         )
     if not args.no_bench:
         bench(args)

@@ -404,3 +404,25 @@ def test_lookback_parts_rows_on_a_cpu(capsys):
     for row in ("xla copy", "tma copy c64w128", "kernel", "ticket", "no wait", "ticket, no wait"):
         assert f"| {row} |" in out
     assert out.count("needs a GPU") >= 4
+
+
+@pytest.mark.usefixtures("fast_compile")
+def test_kernels_check_runs_the_chosen_cases(monkeypatch, capsys):
+    """``experiments.bench.kernels --check`` with ``--linear-reverse yes``: only reverse
+    cases, each the kernel (here the Mosaic look-back scan in the interpreter) against the
+    sequential form; an unknown direction is refused."""
+    import functools
+
+    import experiments.bench.kernels as kb
+    from pallas_kernels.linear_scan import linear_scan
+
+    monkeypatch.setattr(kb, "linear_scan", functools.partial(linear_scan, interpret=True))
+    argv = ["--check", "--no-bench", "--skip-ss", "--linear-forms", "mosaic-lookback-zero"]
+    argv += ["--linear-dtypes", "float32", "--linear-lengths", "33", "--linear-reverse", "yes"]
+    kb.main(argv)
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "mosaic-lookback-zero" in line and "l=" in line]
+    assert len(rows) == 1 and "rev=True" in rows[0] and rows[0].endswith(" ok"), out
+    assert "checks: ALL OK" in out
+    with pytest.raises(SystemExit):
+        kb.main([*argv[:-1], "backwards"])
